@@ -1,0 +1,124 @@
+"""The base experiment config and its checks.
+
+Every experiment file in `experiments/` is a `get_config(arg)` that starts from `base()`, changes
+what it needs and returns `lock(config)`: after that a misspelled `--config.key=value` is an error.
+Every key a run may read exists here with a comment; paper numbers come from `constants`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from deep_image import constants
+
+MODEL_DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key and what to do."""
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                         # parameters, data order, augmentation and dropout
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "vgg16"          # vgg16 | vgg19 (§5.1, Figure 8)
+    c.model.width = 1.0                # multiplies every conv and FC width; >1: "larger" models
+    c.model.dtype = "float32"          # compute dtype: float32 | bfloat16; parameters stay float32
+    c.model.dropout_rate = constants.DROPOUT_RATE
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"        # see deep_image.data.sources.SOURCES
+    c.data.root = ""                   # dataset directory, for sources read from disk
+    c.data.train_split = "train"
+    c.data.val_split = "val"           # monitored by the schedule; "" monitors eval_split
+    c.data.eval_split = "test"         # periodic and final evaluation
+    c.data.scale = constants.TRAIN_SCALES[0]   # images are resized to scale x scale (§4.2)
+    c.data.crop = constants.CROP_SIZE          # then cropped to crop x crop (§5.1)
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.crop = True         # random crop at training (else the centre crop)
+    c.data.augment.flip = True         # random horizontal flip, probability 1/2
+    c.data.mean = (0.485, 0.456, 0.406)   # per-channel normalization on device, RGB in [0, 1]
+    c.data.std = (0.229, 0.224, 0.225)
+    c.data.workers = 0                 # Grain worker processes (0: decode in this process)
+    c.data.threads = 4                 # Grain read threads per process
+    c.data.prefetch = 2                # batches buffered per worker
+    c.data.synthetic = ml_collections.ConfigDict()   # the embedded benchmark (data/synthetic.py)
+    c.data.synthetic.num_classes = 16
+    c.data.synthetic.native_size = 128
+    c.data.synthetic.train_size = 12_000
+    c.data.synthetic.val_size = 1_000
+    c.data.synthetic.test_size = 2_000
+    c.data.synthetic.seed = 0
+
+    c.batch_size = 256                 # global, over all devices and hosts
+    c.eval_batch_size = 256
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = constants.LEARNING_RATE
+    c.optimizer.momentum = constants.MOMENTUM
+    c.optimizer.weight_decay = constants.WEIGHT_DECAY
+    c.optimizer.nesterov = False
+    c.optimizer.grad_clip_norm = 0.0   # 0: off
+
+    # §5.1: divide the learning rate by ten when validation accuracy stops increasing.
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.factor = constants.LR_DECAY_FACTOR
+    c.schedule.patience = 2            # evaluations without improvement before dividing
+    c.schedule.cooldown = 0            # evaluations to wait after a division
+    c.schedule.rtol = 1e-4             # relative improvement in error that counts
+    c.schedule.min_scale = 1e-3        # floor: the rate never goes below min_scale * lr
+    c.schedule.warmup_steps = 0        # linear warm-up from 0 (0: none)
+
+    c.total_steps = 0                  # 0: derived from num_epochs
+    c.num_epochs = 90.0
+    c.log_every_steps = 50
+    c.eval_every_steps = 1000          # also where the schedule looks at validation accuracy
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.progress_bar = True
+
+    # Mesh and sharding (the SPMD issue fills these in): axis name -> size, -1 takes the rest.
+    c.mesh = (("data", -1), ("model", 1))
+    return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config.lock()
+    return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Fails fast, before anything is built, on values that cannot run."""
+    from deep_image.data import sources   # sources import config-free modules only
+    from deep_image.models import VARIANTS
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(config.model.variant in VARIANTS,
+         f"config.model.variant={config.model.variant!r} is not a model; choose one of "
+         f"{', '.join(VARIANTS)}")
+    need(config.model.dtype in MODEL_DTYPES,
+         f"config.model.dtype={config.model.dtype!r}; choose one of {', '.join(MODEL_DTYPES)}")
+    need(config.model.width > 0, f"config.model.width must be > 0, got {config.model.width}")
+    need(config.data.source in sources.SOURCES,
+         f"config.data.source={config.data.source!r} is not a dataset; choose one of "
+         f"{', '.join(sorted(sources.SOURCES))}")
+    need(0 < config.data.crop <= config.data.scale,
+         f"config.data.crop={config.data.crop} must be in (0, config.data.scale="
+         f"{config.data.scale}]")
+    need(config.data.crop >= 32, f"config.data.crop={config.data.crop}: VGG's five 2x2 pools "
+         "need crops of at least 32 pixels")
+    need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
+         "config.data.mean and config.data.std need three values (RGB), std > 0")
+    for key in ("batch_size", "eval_batch_size"):
+        need(config[key] > 0, f"config.{key} must be > 0, got {config[key]}")
+    need(config.total_steps > 0 or config.num_epochs > 0,
+         "set config.total_steps or config.num_epochs to a positive number")
+    for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        need(config[key] > 0, f"config.{key} must be > 0, got {config[key]}")
+    need(config.optimizer.learning_rate > 0, "config.optimizer.learning_rate must be > 0")
+    need(0 < config.schedule.factor < 1, "config.schedule.factor must be in (0, 1)")
+    need(config.keep_checkpoints >= 1, "config.keep_checkpoints must be >= 1")

@@ -1,0 +1,85 @@
+"""The Grain input pipeline: source -> per-epoch shuffle -> this process's slice -> random_map
+(resize, crop, augment) -> batch -> threaded reads (and worker processes when configured).
+
+Every element is a pure function of (seed, position in the stream), and the iterator's state is
+just a position, so a resumed run sees exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import grain
+import numpy as np
+
+from deep_image.data import transforms
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"batch size {global_batch} does not divide over {process_count} "
+                         "processes; make it a multiple of the process count")
+    return global_batch // process_count
+
+
+def train_dataset(source, config, *, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+    """Endless shuffled, augmented training batches of this process: {'image', 'label'}."""
+    d = config.data
+    ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
+    ds = ds[process_index::process_count]
+    ds = ds.random_map(functools.partial(transforms.train_transform, scale=d.scale, crop=d.crop,
+                                         augment=d.augment))
+    ds = ds.batch(local_batch_size(config.batch_size, process_count), drop_remainder=True)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.threads,
+                                              prefetch_buffer_size=max(1, d.prefetch)))
+    if d.workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers,
+                                                         per_worker_buffer_size=d.prefetch))
+    return it
+
+
+class EvalData:
+    """This process's share of a split as fixed-size batches with a `mask`.
+
+    Every process yields the same number of batches (collectives need that); padding examples
+    have mask 0, so each example counts exactly once. Preprocessed batches are kept in memory
+    after the first pass when `cache` is set (eval sets are small next to training sets).
+    """
+
+    def __init__(self, source, config, *, process_index: int = 0, process_count: int = 1,
+                 cache: bool = True):
+        d = config.data
+        self.batch_size = local_batch_size(config.eval_batch_size, process_count)
+        self.size = len(source)
+        per_process = math.ceil(self.size / process_count)
+        self.num_batches = max(1, math.ceil(per_process / self.batch_size))
+        ds = grain.MapDataset.source(source)[process_index::process_count]
+        self._ds = ds.map(functools.partial(transforms.eval_transform, scale=d.scale,
+                                            crop=d.crop))
+        self._threads = d.threads
+        self._shape = (d.crop, d.crop, 3)
+        self._cache = [] if cache else None
+
+    def _batches(self):
+        it = iter(self._ds.batch(self.batch_size, drop_remainder=False).to_iter_dataset(
+            grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=2)))
+        for i in range(self.num_batches):
+            b = next(it, None)
+            n = 0 if b is None else len(b["label"])
+            images = np.zeros((self.batch_size,) + self._shape, np.uint8)
+            labels = np.zeros((self.batch_size,), np.int32)
+            mask = np.zeros((self.batch_size,), bool)
+            if n:
+                images[:n], labels[:n], mask[:n] = b["image"], b["label"], True
+            yield {"image": images, "label": labels, "mask": mask}
+
+    def __iter__(self):
+        if self._cache:
+            yield from self._cache
+            return
+        for batch in self._batches():
+            if self._cache is not None:
+                self._cache.append(batch)
+            yield batch

@@ -1,0 +1,253 @@
+"""SynthBirds: the embedded fine-grained benchmark, generated on the fly (no files, no download).
+
+Every image shows one small stylized bird over textured clutter. All birds share one silhouette;
+a class is a combination of small markings, as in CUB-200 where species differ in a wing bar or
+an eye stripe:
+
+    wing marking  : plain | one bar | two bars | spots
+    head marking  : eye stripe | crest | cap | throat patch
+    tail shape    : fan | fork
+
+`num_classes` picks how many of these attributes define the class (4, 16 or 32 classes); the
+others are drawn at random and become nuisances. Body and marking colours never depend on the
+class. Nuisances the paper's augmentations (§4.1) target are baked into the images: random
+position, size, orientation and facing direction (rotation, flipping, cropping), an illuminant
+colour cast (colour casting), vignetting and barrel/pincushion distortion (lens distortion).
+The markings span a few pixels at the default native size of 128, so downsizing loses them
+(the §4.2 argument for high-resolution training).
+
+An image is a pure function of (seed, split, index): `np.random.default_rng((seed, split, index))`
+drives everything, so the splits are fixed, disjoint by construction, and any index can be
+rendered at any `native_size`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import cv2
+import numpy as np
+
+WING_MARKS = ("plain", "one-barred", "two-barred", "spotted")
+HEAD_MARKS = ("eye-striped", "crested", "capped", "throated")
+TAILS = ("fan-tailed", "fork-tailed")
+# The attributes in the order they become class-defining.
+ATTRIBUTES = (("wing", WING_MARKS), ("head", HEAD_MARKS), ("tail", TAILS))
+VALID_NUM_CLASSES = (4, 16, 32)
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+_PALETTE_MARK = np.array([[20, 20, 20], [240, 240, 240], [230, 200, 30], [200, 40, 40],
+                          [40, 60, 200]], np.float32)
+_SHIFT = 4            # fixed-point bits for sub-pixel polygon drawing
+_ELLIPSE_POINTS = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthBirdsSpec:
+    """What defines the benchmark; same spec and index, same image, on any machine."""
+    num_classes: int = 16
+    native_size: int = 128
+    train_size: int = 12_000
+    val_size: int = 1_000
+    test_size: int = 2_000
+    seed: int = 0
+    object_scale: tuple[float, float] = (0.30, 0.48)  # body length / image side
+    max_tilt_degrees: float = 35.0
+    clutter: int = 14                                  # distractor strokes per image
+
+    def __post_init__(self):
+        if self.num_classes not in VALID_NUM_CLASSES:
+            raise ValueError(f"synthetic num_classes must be one of {VALID_NUM_CLASSES}, "
+                             f"got {self.num_classes}")
+        if self.native_size < 16:
+            raise ValueError(f"synthetic native_size must be at least 16, got {self.native_size}")
+
+    def split_size(self, split: str) -> int:
+        return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
+
+
+def _defining_attributes(num_classes: int) -> int:
+    n, count = 1, 0
+    for _, values in ATTRIBUTES:
+        if n == num_classes:
+            break
+        n *= len(values)
+        count += 1
+    return count
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Readable names, e.g. 'two-barred crested warbler'; index = label."""
+    k = _defining_attributes(num_classes)
+    combos = itertools.product(*[values for _, values in reversed(ATTRIBUTES[:k])])
+    return [" ".join(reversed(c)) + " warbler" for c in combos]
+
+
+def _attributes_of(label: int, num_classes: int, rng: np.random.Generator) -> dict[str, int]:
+    k = _defining_attributes(num_classes)
+    out = {}
+    for i, (name, values) in enumerate(ATTRIBUTES):
+        if i < k:
+            out[name] = label % len(values)
+            label //= len(values)
+        else:
+            out[name] = int(rng.integers(len(values)))
+    return out
+
+
+# ----------------------------------------------------------------------------- shapes
+# The bird is drawn in a local frame measured in body lengths: body along +x, head at +x.
+
+def _ellipse(cx, cy, ax, ay, angle=0.0, n=_ELLIPSE_POINTS):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = ax * np.cos(t), ay * np.sin(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([cx + c * x - s * y, cy + s * x + c * y], 1)
+
+
+def _bar(x0, y0, x1, y1, half_width):
+    d = np.array([x1 - x0, y1 - y0], np.float64)
+    n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-9) * half_width
+    return np.array([[x0, y0] + n, [x1, y1] + n, [x1, y1] - n, [x0, y0] - n])
+
+
+def _bird_parts(attrs: dict[str, int]):
+    """(polygon, colour role) list in local coordinates, drawn in order."""
+    parts = []
+    tail = attrs["tail"]
+    if TAILS[tail] == "fan-tailed":
+        parts.append((np.array([[-0.40, 0.0], [-0.78, -0.20], [-0.78, 0.20]]), "wing"))
+    else:
+        parts.append((np.array([[-0.40, -0.03], [-0.82, -0.24], [-0.68, -0.02]]), "wing"))
+        parts.append((np.array([[-0.40, 0.03], [-0.82, 0.24], [-0.68, 0.02]]), "wing"))
+    parts.append((_ellipse(0.0, 0.0, 0.48, 0.22), "body"))
+    parts.append((np.array([[0.62, -0.16], [0.80, -0.11], [0.62, -0.06]]), "beak"))
+    parts.append((_ellipse(0.50, -0.13, 0.15, 0.15), "body"))
+    parts.append((_ellipse(-0.06, 0.02, 0.30, 0.12), "wing"))
+    wing = WING_MARKS[attrs["wing"]]
+    if wing == "one-barred":
+        parts.append((_bar(-0.10, -0.10, -0.02, 0.13, 0.035), "mark"))
+    elif wing == "two-barred":
+        parts.append((_bar(-0.20, -0.09, -0.12, 0.13, 0.03), "mark"))
+        parts.append((_bar(0.02, -0.09, 0.10, 0.13, 0.03), "mark"))
+    elif wing == "spotted":
+        for x, y in ((-0.22, 0.02), (-0.06, -0.03), (0.10, 0.04)):
+            parts.append((_ellipse(x, y, 0.04, 0.04, n=12), "mark"))
+    head = HEAD_MARKS[attrs["head"]]
+    if head == "eye-striped":
+        parts.append((_bar(0.36, -0.17, 0.64, -0.15, 0.03), "mark"))
+    elif head == "crested":
+        parts.append((np.array([[0.40, -0.24], [0.38, -0.42], [0.52, -0.27]]), "mark"))
+    elif head == "capped":
+        parts.append((_ellipse(0.50, -0.22, 0.12, 0.055), "mark"))
+    else:  # throated
+        parts.append((_ellipse(0.56, -0.03, 0.07, 0.05), "mark"))
+    parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
+    return parts
+
+
+def _fill(img, poly, colour):
+    pts = np.round(poly * (1 << _SHIFT)).astype(np.int32)
+    cv2.fillPoly(img, [pts], tuple(float(c) for c in colour), cv2.LINE_AA, _SHIFT)
+
+
+# ----------------------------------------------------------------------------- render
+
+def _background(rng: np.random.Generator, size: int, clutter: int) -> np.ndarray:
+    base = rng.uniform(40, 215, size=(4, 4, 3)).astype(np.float32)
+    img = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
+    fine = rng.normal(0, 18, size=(max(2, size // 8),) * 2 + (3,)).astype(np.float32)
+    img += cv2.resize(fine, (size, size), interpolation=cv2.INTER_LINEAR)
+    for _ in range(clutter):   # branches, leaves and marking-like distractors
+        colour = rng.uniform(0, 255, 3)
+        kind = rng.integers(3)
+        cx, cy = rng.uniform(0, 1, 2)
+        if kind == 0:
+            a = rng.uniform(0, np.pi)
+            r = rng.uniform(0.1, 0.5)
+            poly = _bar(cx - r * np.cos(a), cy - r * np.sin(a), cx + r * np.cos(a),
+                        cy + r * np.sin(a), rng.uniform(0.004, 0.015))
+        elif kind == 1:
+            poly = _ellipse(cx, cy, *rng.uniform(0.02, 0.09, 2), angle=rng.uniform(0, np.pi))
+        else:
+            poly = _ellipse(cx, cy, *rng.uniform(0.008, 0.02, 2))
+        _fill(img, poly * size, colour)
+    return img
+
+
+def _lens_maps(size: int, k: float, stretch: tuple[float, float]):
+    """Barrel (k < 0) or pincushion (k > 0) radial distortion with axis stretching."""
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    x, y = (xx - c) / c, (yy - c) / c
+    r2 = x * x + y * y
+    f = 1 + k * r2
+    return ((x * f * stretch[0]) * c + c).astype(np.float32), \
+           ((y * f * stretch[1]) * c + c).astype(np.float32)
+
+
+def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, int]:
+    """The (image uint8 HxWx3 RGB, label) at `index` of `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown synthetic split {split!r}; choose one of {tuple(SPLITS)}")
+    n = spec.split_size(split)
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for the {n}-image {split} split")
+    rng = np.random.default_rng((spec.seed, SPLITS[split], index))
+    label = int(rng.integers(spec.num_classes))
+    attrs = _attributes_of(label, spec.num_classes, rng)
+    size = spec.native_size
+    img = _background(rng, size, spec.clutter)
+
+    body = rng.uniform(30, 225, 3)
+    wing = np.clip(body * rng.uniform(0.55, 0.8), 0, 255)
+    marks = _PALETTE_MARK[rng.permutation(len(_PALETTE_MARK))]
+    # A marking colour far from the body colour, so markings are visible, never class-coded.
+    mark = max(marks, key=lambda m: np.abs(m - body).sum() + rng.uniform(0, 60))
+    colours = {"body": body, "wing": wing, "mark": mark, "beak": (60, 50, 40),
+               "eye": (10, 10, 10)}
+
+    length = rng.uniform(*spec.object_scale) * size
+    tilt = np.deg2rad(rng.uniform(-spec.max_tilt_degrees, spec.max_tilt_degrees))
+    facing = 1.0 if rng.random() < 0.5 else -1.0
+    margin = 0.7 * length   # keeps the head and most of the tail in frame
+    centre = rng.uniform(margin, size - margin, 2)
+    rot = np.array([[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]])
+    for poly, role in _bird_parts(attrs):
+        pts = (poly * [facing, 1.0]) @ rot.T * length + centre
+        _fill(img, pts, colours[role])
+
+    # Illuminant and optics: colour cast, vignetting, lens distortion, sensor noise.
+    img *= rng.uniform(0.75, 1.25, 3).astype(np.float32) * rng.uniform(0.8, 1.15)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    r = np.hypot(xx - (size - 1) / 2, yy - (size - 1) / 2) / (size / np.sqrt(2))
+    radius = rng.uniform(0.4, 0.9)
+    img *= (1 - rng.uniform(0, 0.6) * np.clip((r - radius) / (1 - radius + 1e-6), 0, 1)
+            ** 2)[..., None]
+    k = rng.uniform(-0.25, 0.25)
+    stretch = tuple(rng.uniform(0.92, 1.08, 2))
+    img = cv2.remap(img, *_lens_maps(size, k, stretch), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT)
+    img += rng.normal(0, 4, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8), label
+
+
+class SynthBirds:
+    """A Grain random-access source of one split: `len()` and `[i] -> {'image', 'label'}`."""
+
+    def __init__(self, spec: SynthBirdsSpec, split: str):
+        if split not in SPLITS:
+            raise ValueError(f"unknown synthetic split {split!r}; choose one of {tuple(SPLITS)}")
+        self.spec, self.split = spec, split
+        self.class_names = class_names(spec.num_classes)
+
+    def __len__(self) -> int:
+        return self.spec.split_size(self.split)
+
+    def __getitem__(self, index: int) -> dict:
+        image, label = render(self.spec, self.split, int(index))
+        return {"image": image, "label": label}
+
+    def __repr__(self) -> str:
+        return f"SynthBirds({self.split}, {len(self)} images, {self.spec})"

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics (and, later, dense multi-scale scoring and ensembles)."""

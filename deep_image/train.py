@@ -1,0 +1,40 @@
+"""Train a model: `python -m deep_image.train --config=experiments/NAME.py --workdir=DIR`.
+
+Any config value can be overridden with `--config.key=value`; the config is locked, so a
+misspelled key is an error. Running the same command again resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from deep_image import errors
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from deep_image.training import loop
+    config = flags.FLAGS.config
+    with errors.one_line():
+        result = loop.train_and_evaluate(config, flags.FLAGS.workdir)
+    if result.get("preempted"):
+        print(f"preempted at step {result['step']}; checkpoint saved, rerun to resume")
+        return
+    print(f"final test top-1: {result['eval/top1']:.4f}  top-5: {result['eval/top5']:.4f}  "
+          f"mean per class: {result['eval/mean_per_class']:.4f}  (step {result['step']})")
+
+
+def run():
+    errors.run_app(main, required=["config", "workdir"])
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,219 @@
+"""`train_and_evaluate(config, workdir)`: one training run, read top to bottom.
+
+Resume order: the workdir's latest checkpoint, else scratch. SIGTERM or SIGINT (what SLURM sends
+before preemption, and Ctrl-C) finishes the current step, saves a checkpoint and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from deep_image import config as config_lib
+from deep_image import models
+from deep_image.data import pipeline, sources
+from deep_image.evaluation.metrics import ClassCounts
+from deep_image.parallel import mesh as mesh_lib
+from deep_image.training import state as state_lib
+from deep_image.training import step as step_lib
+from deep_image.training.checkpoint import Checkpointer
+from deep_image.training.metrics_writer import MetricsWriter
+
+CHECKPOINT_DIR = "checkpoints"
+# Conv kernels and biases replicated; FC kernels split over `model` (a no-op while it has size 1).
+DEFAULT_RULES = ((r"fc\d/kernel", (None, "model")), (r".*", ()))
+
+
+class WorkdirError(OSError):
+    pass
+
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates the workdir and proves it writable before any work is done."""
+    if not workdir:
+        raise WorkdirError("--workdir is required: the directory for checkpoints and metrics")
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror}); pass a "
+                           "--workdir you can write to") from None
+    return workdir
+
+
+@contextlib.contextmanager
+def preemption_guard():
+    """Yields a list that becomes non-empty when SIGTERM or SIGINT arrives."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:    # a second signal: the user means it
+            raise KeyboardInterrupt
+        received.append(signum)
+        logging.warning("received %s: saving a checkpoint after this step",
+                        signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def total_steps(config, train_size: int) -> int:
+    if config.total_steps > 0:
+        return int(config.total_steps)
+    return max(1, math.ceil(config.num_epochs * train_size / config.batch_size))
+
+
+def _write_config(workdir: str, config) -> None:
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json(indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(eval_step, params, data: pipeline.EvalData, put, num_classes: int) -> ClassCounts:
+    counts = ClassCounts(num_classes)
+    for batch in data:
+        counts.add(jax.device_get(eval_step(params, put(batch))))
+    return counts
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains, evaluates and checkpoints; returns the last evaluation's metrics."""
+    # ------------------------------------------------------------------ checks
+    config_lib.check(config)
+    workdir = prepare_workdir(workdir)
+    is_main = jax.process_index() == 0
+
+    # ------------------------------------------------------------------ mesh
+    mesh = mesh_lib.make_mesh(config.mesh)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    replicated = mesh_lib.replicated(mesh)
+
+    # ------------------------------------------------------------------ input
+    pidx, pcount = jax.process_index(), jax.process_count()
+    train_source = sources.get_source(config.data, config.data.train_split)
+    eval_source = sources.get_source(config.data, config.data.eval_split)
+    val_source = (sources.get_source(config.data, config.data.val_split)
+                  if config.data.val_split else None)
+    class_names = list(train_source.class_names)
+    num_classes = len(class_names)
+    train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
+                                             process_count=pcount))
+    eval_data = pipeline.EvalData(eval_source, config, process_index=pidx, process_count=pcount)
+    val_data = (pipeline.EvalData(val_source, config, process_index=pidx, process_count=pcount)
+                if val_source is not None else eval_data)
+    steps = total_steps(config, len(train_source))
+
+    def put(batch):
+        return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+                for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ model and state
+    model = models.build(config.model, num_classes, config.data.crop)
+    tx = state_lib.make_optimizer(config.optimizer)
+    plateau_tx = state_lib.make_plateau(config.schedule)
+    state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, DEFAULT_RULES)
+    logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
+                 config.model.variant, config.model.width, f"{model.num_params():,}",
+                 num_classes, config.data.crop, config.data.crop, config.data.scale,
+                 config.data.scale)
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
+    restored, start = ckpt.restore(state_lib.abstract_with_shardings(shardings, state),
+                                   train_iter)
+    if restored is not None:
+        state = restored
+        logging.info("resumed from %s at step %d", ckpt.directory, start)
+    start = int(jax.device_get(state.step))
+    if is_main:
+        _write_config(workdir, config)
+    meta = {"class_names": class_names, "num_classes": num_classes,
+            "config": json.loads(config.to_json())}
+
+    # ------------------------------------------------------------------ steps
+    train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
+                                          replicated)
+    eval_step = step_lib.make_eval_step(model, config, shardings.params, batch_sharding,
+                                        replicated, num_classes)
+    update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),
+                             in_shardings=(shardings, replicated), out_shardings=shardings,
+                             donate_argnums=0)
+
+    writer = MetricsWriter(workdir, start_step=start, total_steps=steps,
+                           batch_size=config.batch_size, progress=config.progress_bar,
+                           enabled=is_main)
+
+    def run_eval(step: int) -> dict:
+        t0 = time.perf_counter()
+        result = evaluate(eval_step, state.params, eval_data, put, num_classes)
+        values = result.summary("eval")
+        if config.data.val_split:
+            values.update(evaluate(eval_step, state.params, val_data, put,
+                                   num_classes).summary("val"))
+        values["eval/seconds"] = time.perf_counter() - t0
+        writer.write(step, values)
+        writer.print(f"step {step}: test top-1 {values['eval/top1']:.4f}  top-5 "
+                     f"{values['eval/top5']:.4f}  mean per class "
+                     f"{values['eval/mean_per_class']:.4f}")
+        return values
+
+    # ------------------------------------------------------------------ loop
+    last_eval: dict = {}
+    pending: list[dict] = []
+    step = start
+    preempted = False
+    with preemption_guard() as signals:
+        while step < steps:
+            batch = next(train_iter)
+            state, metrics = train_step(state, put(batch))
+            pending.append(metrics)
+            step += 1
+            writer.step()
+            done = step == steps
+            if step % config.log_every_steps == 0 or done or signals:
+                fetched = jax.device_get(pending)   # the loop's only routine host sync
+                pending = []
+                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                values["train/images_per_second"] = writer.train_rate(step)
+                if not math.isfinite(values["train/loss"]):
+                    raise FloatingPointError(
+                        f"training loss became {values['train/loss']} at step {step}; lower "
+                        "config.optimizer.learning_rate or set config.schedule.warmup_steps")
+                writer.write(step, values)
+                writer.progress(loss=values["train/loss"], lr=values["train/lr"],
+                                img_s=round(values["train/images_per_second"], 1))
+            if step % config.eval_every_steps == 0 or done:
+                last_eval = run_eval(step)
+                monitored = last_eval.get("val/top1", last_eval["eval/top1"])
+                state = update_plateau(state, np.float32(1.0 - monitored))
+            if step % config.checkpoint_every_steps == 0 or done or signals:
+                ckpt.save(step, state, train_iter, meta, wait=done or bool(signals))
+            if signals:
+                preempted = True
+                break
+
+    ckpt.close()
+    writer.close()
+    if preempted:
+        logging.warning("stopped at step %d of %d by a signal; the checkpoint is saved: run "
+                        "the same command to resume", step, steps)
+        return {"preempted": True, "step": step}
+    return {**last_eval, "step": step}

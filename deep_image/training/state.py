@@ -1,0 +1,88 @@
+"""The train state and the optimizer of §5.1: SGD with momentum, weight decay, and a learning
+rate divided by ten whenever validation accuracy stops increasing (optax's reduce-on-plateau).
+
+The state is created already sharded: abstract shapes -> shardings -> `jax.jit(init,
+out_shardings=...)`, so no parameter is ever materialized whole on one device first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+import optax.contrib
+
+from deep_image.parallel import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # optimizer steps taken
+    params: Any              # {layer: {kernel, bias}} float32
+    opt_state: Any           # momentum trace (and clip state)
+    plateau: Any             # reduce-on-plateau state: scale, best error, counters
+    rng: jax.Array           # raw uint32 key; dropout uses fold_in(rng, step)
+
+
+def _kernels_only(params):
+    """Weight decay on kernels, not biases (as Caffe's VGG solvers do)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: mesh_lib.path_str(path).endswith("kernel"), params)
+
+
+def make_optimizer(opt) -> optax.GradientTransformation:
+    """Gradient -> direction (weight decay + momentum); the step multiplies by -lr."""
+    parts = []
+    if opt.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    if opt.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(opt.weight_decay, mask=_kernels_only))
+    parts.append(optax.trace(decay=opt.momentum, nesterov=opt.nesterov))
+    return optax.chain(*parts)
+
+
+def make_plateau(schedule) -> optax.GradientTransformationExtraArgs:
+    """Tracks validation error; its `scale` multiplies the learning rate (§5.1)."""
+    return optax.contrib.reduce_on_plateau(
+        factor=schedule.factor, patience=schedule.patience, rtol=schedule.rtol,
+        cooldown=schedule.cooldown, min_scale=schedule.min_scale)
+
+
+def learning_rate(config, state: TrainState) -> jax.Array:
+    """Base rate x linear warm-up x plateau scale, at the state's step."""
+    lr = config.optimizer.learning_rate * state.plateau.scale
+    w = config.schedule.warmup_steps
+    if w > 0:
+        lr = lr * jnp.minimum(1.0, (state.step.astype(jnp.float32) + 1.0) / w)
+    return lr
+
+
+def update_plateau(plateau_tx, state: TrainState, val_error) -> TrainState:
+    _, plateau = plateau_tx.update(updates={}, state=state.plateau,
+                                   value=jnp.asarray(val_error, jnp.float32))
+    return state.replace(plateau=plateau)
+
+
+def create(model, tx, plateau_tx, config, mesh, rules) -> tuple[TrainState, Any]:
+    """A fresh, sharded TrainState and the shardings of its leaves."""
+    def init(key):
+        pkey, dkey = jax.random.split(key)
+        params = model.init(pkey)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), plateau=plateau_tx.init(params),
+                          rng=dkey)
+
+    key = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(init, key)
+    shardings = mesh_lib.rule_shardings(abstract, mesh, rules)
+    state = jax.jit(init, out_shardings=shardings)(key)
+    return state, shardings
+
+
+def abstract_with_shardings(state_shardings, abstract):
+    """ShapeDtypeStructs carrying shardings: the restore target for checkpoints."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, state_shardings)
