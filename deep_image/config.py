@@ -44,6 +44,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.workers = 0                 # Grain worker processes (0: decode in this process)
     c.data.threads = 4                 # Grain read threads per process
     c.data.prefetch = 2                # batches buffered per worker
+    c.data.cache = False               # keep resized training images in memory (§3.1)
     c.data.synthetic = ml_collections.ConfigDict()   # the embedded benchmark (data/synthetic.py)
     c.data.synthetic.num_classes = 16
     c.data.synthetic.native_size = 128
@@ -51,6 +52,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.synthetic.val_size = 1_000
     c.data.synthetic.test_size = 2_000
     c.data.synthetic.seed = 0
+    c.data.synthetic.object_scale = (0.45, 0.7)   # bird length / image side
+    c.data.synthetic.clutter = 8                  # distractor strokes per image
 
     c.batch_size = 256                 # global, over all devices and hosts
     c.eval_batch_size = 256

@@ -22,6 +22,7 @@ WEIGHT_DECAY = 5e-4
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)
 FC_WIDTH = 4096
 CONVS_PER_BLOCK = {
+    "vgg11": (1, 1, 2, 2, 2),   # 8 conv + 3 FC: the network of the §3.3 scaling test
     "vgg16": (2, 2, 3, 3, 3),   # 13 conv + 3 FC
     "vgg19": (2, 2, 4, 4, 4),   # 16 conv + 3 FC
 }

@@ -6,7 +6,7 @@ misspelled key is an error. Running the same command again resumes from the late
 
 from __future__ import annotations
 
-import sys
+import logging as pylogging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,9 +18,18 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (get_con
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 
 
+class _QuietLibraries(pylogging.Filter):
+    """Keeps orbax's and grain's per-save INFO chatter out of the training log."""
+
+    def filter(self, record):
+        return record.levelno >= pylogging.WARNING or not any(
+            part in record.pathname for part in ("/orbax/", "/grain/", "/absl/"))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     from deep_image.training import loop
     config = flags.FLAGS.config
     with errors.one_line():

@@ -23,17 +23,46 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
+class ResizedCache:
+    """A source whose images are decoded and resized to `scale` once, then served from memory.
+
+    The paper caches training data in free device memory (§3.1); we cache in host memory, in
+    one preallocated uint8 array: len x scale x scale x 3 bytes (147 MB for 12,000 images at 64,
+    9.4 GB for 12,000 at 512). Each Grain worker process holds its own copy, so use it with
+    `data.workers = 0` (read threads share it).
+    """
+
+    def __init__(self, source, scale: int):
+        self._source, self._scale = source, scale
+        self._images = np.zeros((len(source), scale, scale, 3), np.uint8)
+        self._labels = np.full((len(source),), -1, np.int64)
+        self.class_names = source.class_names
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if self._labels[index] < 0:
+            example = self._source[index]
+            self._images[index] = transforms.resize(example["image"], self._scale)
+            self._labels[index] = example["label"]
+        return {"image": self._images[index], "label": int(self._labels[index])}
+
+
 def train_dataset(source, config, *, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
     """Endless shuffled, augmented training batches of this process: {'image', 'label'}."""
     d = config.data
+    if d.cache:
+        source = ResizedCache(source, d.scale)
     ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
     ds = ds[process_index::process_count]
     ds = ds.random_map(functools.partial(transforms.train_transform, scale=d.scale, crop=d.crop,
                                          augment=d.augment))
     ds = ds.batch(local_batch_size(config.batch_size, process_count), drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.threads,
-                                              prefetch_buffer_size=max(1, d.prefetch)))
+                                              prefetch_buffer_size=max(d.threads, d.prefetch)))
     if d.workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers,
                                                          per_worker_buffer_size=d.prefetch))

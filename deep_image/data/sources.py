@@ -17,7 +17,8 @@ def _synthetic(data_config, split: str):
     s = data_config.synthetic
     spec = synthetic.SynthBirdsSpec(num_classes=s.num_classes, native_size=s.native_size,
                                     train_size=s.train_size, val_size=s.val_size,
-                                    test_size=s.test_size, seed=s.seed)
+                                    test_size=s.test_size, seed=s.seed,
+                                    object_scale=tuple(s.object_scale), clutter=s.clutter)
     if split not in synthetic.SPLITS:
         raise DataError(f"the synthetic benchmark has no split {split!r}; it has "
                         f"{', '.join(synthetic.SPLITS)}")

@@ -52,9 +52,9 @@ class SynthBirdsSpec:
     val_size: int = 1_000
     test_size: int = 2_000
     seed: int = 0
-    object_scale: tuple[float, float] = (0.30, 0.48)  # body length / image side
+    object_scale: tuple[float, float] = (0.45, 0.70)  # body length / image side
     max_tilt_degrees: float = 35.0
-    clutter: int = 14                                  # distractor strokes per image
+    clutter: int = 8                                   # distractor strokes per image
 
     def __post_init__(self):
         if self.num_classes not in VALID_NUM_CLASSES:
@@ -127,22 +127,22 @@ def _bird_parts(attrs: dict[str, int]):
     parts.append((_ellipse(-0.06, 0.02, 0.30, 0.12), "wing"))
     wing = WING_MARKS[attrs["wing"]]
     if wing == "one-barred":
-        parts.append((_bar(-0.10, -0.10, -0.02, 0.13, 0.035), "mark"))
+        parts.append((_bar(-0.10, -0.12, -0.02, 0.14, 0.06), "mark"))
     elif wing == "two-barred":
-        parts.append((_bar(-0.20, -0.09, -0.12, 0.13, 0.03), "mark"))
-        parts.append((_bar(0.02, -0.09, 0.10, 0.13, 0.03), "mark"))
+        parts.append((_bar(-0.24, -0.11, -0.16, 0.14, 0.05), "mark"))
+        parts.append((_bar(0.04, -0.11, 0.12, 0.14, 0.05), "mark"))
     elif wing == "spotted":
-        for x, y in ((-0.22, 0.02), (-0.06, -0.03), (0.10, 0.04)):
-            parts.append((_ellipse(x, y, 0.04, 0.04, n=12), "mark"))
+        for x, y in ((-0.24, 0.03), (-0.06, -0.04), (0.12, 0.04)):
+            parts.append((_ellipse(x, y, 0.065, 0.065, n=12), "mark"))
     head = HEAD_MARKS[attrs["head"]]
     if head == "eye-striped":
-        parts.append((_bar(0.36, -0.17, 0.64, -0.15, 0.03), "mark"))
+        parts.append((_bar(0.34, -0.17, 0.66, -0.14, 0.05), "mark"))
     elif head == "crested":
-        parts.append((np.array([[0.40, -0.24], [0.38, -0.42], [0.52, -0.27]]), "mark"))
+        parts.append((np.array([[0.38, -0.22], [0.34, -0.50], [0.56, -0.26]]), "mark"))
     elif head == "capped":
-        parts.append((_ellipse(0.50, -0.22, 0.12, 0.055), "mark"))
+        parts.append((_ellipse(0.50, -0.23, 0.14, 0.08), "mark"))
     else:  # throated
-        parts.append((_ellipse(0.56, -0.03, 0.07, 0.05), "mark"))
+        parts.append((_ellipse(0.56, -0.02, 0.10, 0.08), "mark"))
     parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
     return parts
 
@@ -211,7 +211,7 @@ def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, in
     length = rng.uniform(*spec.object_scale) * size
     tilt = np.deg2rad(rng.uniform(-spec.max_tilt_degrees, spec.max_tilt_degrees))
     facing = 1.0 if rng.random() < 0.5 else -1.0
-    margin = 0.7 * length   # keeps the head and most of the tail in frame
+    margin = min(0.7 * length, 0.5 * size)   # keeps the head and most of the tail in frame
     centre = rng.uniform(margin, size - margin, 2)
     rot = np.array([[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]])
     for poly, role in _bird_parts(attrs):

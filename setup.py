@@ -1,0 +1,31 @@
+"""deep_image: "Deep Image: Scaling up Image Recognition" (Wu et al., 2015) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Lower bounds are the versions tested on CPU (Python 3.11); upper bounds admit the GPU image's
+# newer JAX (0.11) and stop before the next minor release of each library.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.12",
+    "flax>=0.12.8,<0.14",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.14",
+    "grain>=0.2.18,<0.3",
+    "ml_collections>=1.1.0,<1.3",
+    "absl-py>=2.5.1,<3",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "numpy>=2.4,<3",
+    "opencv-python-headless>=5.0.0,<6",
+    "tqdm>=4.67,<5",
+    "tensorboardX>=2.6.5,<3",
+    "matplotlib>=3.10,<4",
+]
+
+setup(
+    name="deep_image",
+    version="0.1.0",
+    description="Deep Image (Wu et al., 2015): VGG at scale with SPMD sharding, in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["deep_image", "deep_image.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest>=9.0,<10", "pytest-timeout>=2.4,<3"]},
+)

@@ -1,0 +1,24 @@
+"""Test setup: CPU only, one device unless a test asks for more (in a subprocess)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = f"{REPO}/experiments/synthetic.py:tiny"
+
+
+def run_train(workdir, *overrides, config=TINY, timeout=300, **popen):
+    """Runs `python -m deep_image.train` as a user would; returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", "deep_image.train", f"--config={config}",
+           f"--workdir={workdir}", *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, **popen)
+
+
+@pytest.fixture
+def repo():
+    return REPO

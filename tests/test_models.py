@@ -1,0 +1,82 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deep_image import constants
+from deep_image.models import VGG, Model
+
+
+@pytest.mark.parametrize("variant,count", [("vgg16", 138_357_544), ("vgg19", 143_667_240)])
+def test_exact_parameter_counts_at_1000_classes(variant, count):
+    model = Model(variant, 1000, width=1.0, input_size=224, dtype="float32", dropout_rate=0.5)
+    assert model.num_params() == count
+
+
+@pytest.mark.parametrize("variant,convs", [("vgg16", 13), ("vgg19", 16)])
+def test_layer_structure(variant, convs):
+    params = Model(variant, 10, width=0.25, input_size=64, dtype="float32",
+                   dropout_rate=0.5).abstract_params
+    assert sum(k.startswith("conv") for k in params) == convs
+    assert [k for k in params if k.startswith("fc")] == ["fc1", "fc2", "fc3"]
+    assert params["conv1_1"]["kernel"].shape == (3, 3, 3, 16)        # HWIO, width 1/4 of 64
+    assert params["fc1"]["kernel"].shape == (2 * 2 * 128, 1024)      # 64 / 2^5 = 2
+    assert params["fc3"]["kernel"].shape == (1024, 10)
+
+
+def test_output_shape_dtype_and_width():
+    model = Model("vgg16", 7, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    params = model.init(jax.random.PRNGKey(0))
+    logits = model.apply(params, jnp.zeros((3, 32, 32, 3)))
+    assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+    assert params["conv5_3"]["kernel"].shape[-1] == 64               # 512 / 8
+    wide = Model("vgg16", 7, width=1.5, input_size=32, dtype="float32", dropout_rate=0.5)
+    assert wide.abstract_params["fc1"]["kernel"].shape[1] == 6144    # "larger" model, §5.1
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    model = Model("vgg16", 5, width=0.125, input_size=32, dtype="bfloat16", dropout_rate=0.5)
+    params = model.init(jax.random.PRNGKey(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    lo = model.apply(params, x)
+    f32 = Model("vgg16", 5, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    hi = f32.apply(params, x)
+    assert lo.dtype == jnp.float32
+    np.testing.assert_allclose(lo, hi, rtol=0.1, atol=0.1 * float(jnp.abs(hi).max()))
+    assert not np.array_equal(lo, hi)                                # really computed in bf16
+
+
+def test_dropout_only_in_training_and_deterministic_given_key():
+    model = Model("vgg16", 5, width=0.125, input_size=32, dtype="float32",
+                  dropout_rate=constants.DROPOUT_RATE)
+    params = model.init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    np.testing.assert_array_equal(model.apply(params, x), model.apply(params, x))
+    key = jax.random.PRNGKey(2)
+    a = model.apply(params, x, train=True, dropout_key=key)
+    b = model.apply(params, x, train=True, dropout_key=key)
+    c = model.apply(params, x, train=True, dropout_key=jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_he_initialization_scale():
+    params = Model("vgg16", 10, width=1.0, input_size=224, dtype="float32",
+                   dropout_rate=0.5).init(jax.random.PRNGKey(0))
+    k = np.asarray(params["conv3_1"]["kernel"])          # fan-in 3*3*128
+    assert abs(k.std() - np.sqrt(2 / (9 * 128))) < 0.05 * np.sqrt(2 / (9 * 128))
+    assert np.all(np.asarray(params["conv3_1"]["bias"]) == 0)
+
+
+def test_bad_variant_dtype_and_input_size():
+    with pytest.raises(ValueError, match="unknown model variant 'vgg99'"):
+        VGG("vgg99", 10, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="compute dtype"):
+        VGG("vgg16", 10, dtype="int8", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="too small"):
+        VGG("vgg16", 10, input_size=16, rngs=nnx.Rngs(0))
+    model = Model("vgg16", 5, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    with pytest.raises(ValueError, match="built for 32x32"):
+        model.apply(model.init(jax.random.PRNGKey(0)), jnp.zeros((1, 64, 64, 3)))

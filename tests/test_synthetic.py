@@ -1,0 +1,72 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from deep_image.data import synthetic
+from deep_image.data.synthetic import SynthBirds, SynthBirdsSpec, class_names, render
+
+
+def _digest(image):
+    return hashlib.sha1(image.tobytes()).hexdigest()
+
+
+def test_deterministic_from_seed_split_index():
+    spec = SynthBirdsSpec()
+    a, la = render(spec, "train", 17)
+    b, lb = render(SynthBirdsSpec(), "train", 17)
+    assert la == lb and np.array_equal(a, b)
+    c, _ = render(SynthBirdsSpec(seed=1), "train", 17)
+    d, _ = render(spec, "test", 17)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_image_format_and_any_native_resolution():
+    for size in (32, 128, 300):
+        image, label = render(SynthBirdsSpec(native_size=size), "val", 3)
+        assert image.shape == (size, size, 3) and image.dtype == np.uint8
+        assert 0 <= label < 16
+        assert image.std() > 10                    # textured, not blank
+
+
+def test_splits_are_disjoint_and_fixed_size():
+    spec = SynthBirdsSpec(native_size=32, train_size=300, val_size=100, test_size=200)
+    seen = {}
+    for split in ("train", "val", "test"):
+        src = SynthBirds(spec, split)
+        assert len(src) == spec.split_size(split)
+        for i in range(len(src)):
+            seen.setdefault(_digest(src[i]["image"]), set()).add(split)
+    assert all(len(splits) == 1 for splits in seen.values())
+    assert len(seen) == 600
+    with pytest.raises(IndexError):
+        SynthBirds(spec, "train")[300]
+
+
+def test_classes_are_named_balanced_and_all_present():
+    names = class_names(16)
+    assert len(names) == len(set(names)) == 16
+    assert names[0] == "plain eye-striped warbler"
+    assert len(class_names(4)) == 4 and len(class_names(32)) == 32
+    spec = SynthBirdsSpec(native_size=24)
+    labels = [render(spec, "train", i)[1] for i in range(800)]
+    counts = np.bincount(labels, minlength=16)
+    assert counts.min() > 25 and counts.max() < 80    # uniform labels, 50 expected per class
+
+
+def test_class_is_defined_by_markings_only():
+    # The same index of two specs differing only in num_classes draws the same scene; the
+    # attributes that are not class-defining at 4 classes become nuisances.
+    rng = np.random.default_rng(0)
+    attrs4 = synthetic._attributes_of(3, 4, rng)
+    assert synthetic.WING_MARKS[attrs4["wing"]] == "spotted"
+    attrs16 = synthetic._attributes_of(6, 16, rng)
+    assert (synthetic.WING_MARKS[attrs16["wing"]], synthetic.HEAD_MARKS[attrs16["head"]]) == \
+        ("two-barred", "crested")
+
+
+def test_bad_spec_and_split():
+    with pytest.raises(ValueError, match="num_classes"):
+        SynthBirdsSpec(num_classes=10)
+    with pytest.raises(ValueError, match="split"):
+        SynthBirds(SynthBirdsSpec(), "validation")
