@@ -23,7 +23,7 @@ class _QuietLibraries(pylogging.Filter):
 
     def filter(self, record):
         return record.levelno >= pylogging.WARNING or not any(
-            part in record.pathname for part in ("/orbax/", "/grain/", "/absl/"))
+            part in record.pathname for part in ("/orbax/", "/grain/", "/absl/", "/jax/"))
 
 
 def main(argv):
