@@ -36,9 +36,20 @@ def base() -> ml_collections.ConfigDict:
     c.data.eval_split = "test"         # periodic and final evaluation
     c.data.scale = constants.TRAIN_SCALES[0]   # images are resized to scale x scale (§4.2)
     c.data.crop = constants.CROP_SIZE          # then cropped to crop x crop (§5.1)
+    c.data.resize = "square"           # square: scale x scale (§4.2); shorter_side: keep aspect
+    # §4.1 augmentations (deep_image/data/augment.py has the Table 1 spaces). All but cropping
+    # act on the crop. "No augmentation", "crop + flip" and "all six" are switches here.
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.crop = True         # random crop at training (else the centre crop)
-    c.data.augment.flip = True         # random horizontal flip, probability 1/2
+    c.data.augment.flip = True         # horizontal flip, probability 1/2
+    c.data.augment.rotation = False    # one of +-1..10 degrees
+    c.data.augment.rotation_prob = 0.5
+    c.data.augment.lens_distortion = False   # barrel/pincushion/stretch, 65 degrees each
+    c.data.augment.lens_prob = 0.5
+    c.data.augment.color_cast = False  # per channel with probability 1/2: +-1..20 (§4.1)
+    c.data.augment.color_cast_channel_prob = 0.5
+    c.data.augment.vignetting = False  # darkening from one of 40 radii by one of 49 strengths
+    c.data.augment.vignetting_prob = 0.5
     c.data.mean = (0.485, 0.456, 0.406)   # per-channel normalization on device, RGB in [0, 1]
     c.data.std = (0.229, 0.224, 0.225)
     c.data.workers = 0                 # Grain worker processes (0: decode in this process)
@@ -109,6 +120,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     need(config.data.source in sources.SOURCES,
          f"config.data.source={config.data.source!r} is not a dataset; choose one of "
          f"{', '.join(sorted(sources.SOURCES))}")
+    need(config.data.resize in ("square", "shorter_side"),
+         f"config.data.resize={config.data.resize!r}; choose square or shorter_side")
     need(0 < config.data.crop <= config.data.scale,
          f"config.data.crop={config.data.crop} must be in (0, config.data.scale="
          f"{config.data.scale}]")

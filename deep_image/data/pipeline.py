@@ -1,9 +1,10 @@
 """The Grain input pipeline: source -> per-epoch shuffle -> this process's slice -> random_map
-(resize, crop, augment) -> batch -> threaded reads (and worker processes when configured).
+(decode, resize, crop, augment) -> threaded reads -> skip unreadable -> batch -> (worker
+processes when configured).
 
 Every element is a pure function of (seed, position in the stream), and the iterator's state is
-just a position, so a resumed run sees exactly the batches an uninterrupted one would have seen.
-"""
+a position, so a resumed run sees exactly the batches an uninterrupted one would have seen.
+""" 
 
 from __future__ import annotations
 
@@ -34,19 +35,26 @@ class ResizedCache:
 
     def __init__(self, source, scale: int):
         self._source, self._scale = source, scale
-        self._images = np.zeros((len(source), scale, scale, 3), np.uint8)
+        self._images = np.zeros((len(source), scale, scale, 3), np.uint8)   # square resize
         self._labels = np.full((len(source),), -1, np.int64)
         self.class_names = source.class_names
 
     def __len__(self) -> int:
         return len(self._source)
 
-    def __getitem__(self, index: int) -> dict:
+    _UNREADABLE = -2
+
+    def __getitem__(self, index: int) -> dict | None:
         index = int(index)
-        if self._labels[index] < 0:
+        if self._labels[index] == -1:
             example = self._source[index]
-            self._images[index] = transforms.resize(example["image"], self._scale)
-            self._labels[index] = example["label"]
+            if example is None:
+                self._labels[index] = self._UNREADABLE
+            else:
+                self._images[index] = transforms.resize(example["image"], self._scale)
+                self._labels[index] = example["label"]
+        if self._labels[index] == self._UNREADABLE:
+            return None
         return {"image": self._images[index], "label": int(self._labels[index])}
 
 
@@ -55,14 +63,19 @@ def train_dataset(source, config, *, process_index: int = 0,
     """Endless shuffled, augmented training batches of this process: {'image', 'label'}."""
     d = config.data
     if d.cache:
+        if d.resize != "square":
+            raise ValueError("config.data.cache needs config.data.resize='square'")
         source = ResizedCache(source, d.scale)
     ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
     ds = ds[process_index::process_count]
     ds = ds.random_map(functools.partial(transforms.train_transform, scale=d.scale, crop=d.crop,
-                                         augment=d.augment))
-    ds = ds.batch(local_batch_size(config.batch_size, process_count), drop_remainder=True)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.threads,
-                                              prefetch_buffer_size=max(d.threads, d.prefetch)))
+                                         augment_config=d.augment, resize_mode=d.resize))
+    local_batch = local_batch_size(config.batch_size, process_count)
+    # Read threads work on single examples; buffer `prefetch` batches' worth of them.
+    it = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=d.threads, prefetch_buffer_size=max(d.threads, d.prefetch * local_batch)))
+    it = it.filter(lambda x: x is not None)       # unreadable images, logged by the source
+    it = it.batch(local_batch, drop_remainder=True)
     if d.workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers,
                                                          per_worker_buffer_size=d.prefetch))
@@ -86,14 +99,16 @@ class EvalData:
         self.num_batches = max(1, math.ceil(per_process / self.batch_size))
         ds = grain.MapDataset.source(source)[process_index::process_count]
         self._ds = ds.map(functools.partial(transforms.eval_transform, scale=d.scale,
-                                            crop=d.crop))
+                                            crop=d.crop, resize_mode=d.resize))
         self._threads = d.threads
         self._shape = (d.crop, d.crop, 3)
         self._cache = [] if cache else None
 
     def _batches(self):
-        it = iter(self._ds.batch(self.batch_size, drop_remainder=False).to_iter_dataset(
-            grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=2)))
+        it = self._ds.to_iter_dataset(grain.ReadOptions(num_threads=self._threads,
+                                                        prefetch_buffer_size=4 * self._threads))
+        it = iter(it.filter(lambda x: x is not None).batch(self.batch_size,
+                                                            drop_remainder=False))
         for i in range(self.num_batches):
             b = next(it, None)
             n = 0 if b is None else len(b["label"])

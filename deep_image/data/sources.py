@@ -1,16 +1,14 @@
 """Dataset sources: a name in `config.data.source` -> a random-access source per split.
 
-A source has `len()`, `[i] -> {'image': uint8 HxWx3 RGB, 'label': int}` and `class_names`.
-Add a dataset by writing a function `(data_config, split) -> source` and listing it in SOURCES.
+A source has `len()`, `[i] -> {'image': uint8 HxWx3 RGB, 'label': int[, 'bbox']}` or None for
+an example that cannot be read (the pipeline skips it), and `class_names`. Add a dataset by
+writing a function `(data_config, split) -> source` and listing it in SOURCES.
 """
 
 from __future__ import annotations
 
-from deep_image.data import synthetic
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read: the message says what is missing and how to prepare it."""
+from deep_image.data import archives, synthetic, tfds_sources
+from deep_image.data.errors import DataError
 
 
 def _synthetic(data_config, split: str):
@@ -25,8 +23,25 @@ def _synthetic(data_config, split: str):
     return synthetic.SynthBirds(spec, split)
 
 
+def _tfds(name):
+    return lambda data_config, split: tfds_sources.TfdsSource(name, split, data_config.root)
+
+
+def _need_root(data_config, what: str, how: str) -> str:
+    if not data_config.root:
+        raise DataError(f"set config.data.root to the {what} directory: {how}")
+    return data_config.root
+
+
 SOURCES = {
     "synthetic": _synthetic,
+    **{name: _tfds(name) for name in tfds_sources.TFDS_DATASETS},
+    "aircraft": lambda d, split: archives.fgvc_aircraft(
+        _need_root(d, "FGVC-Aircraft", archives.FGVC_HOW), split),
+    "indoor67": lambda d, split: archives.mit_indoor67(
+        _need_root(d, "MIT Indoor 67", archives.INDOOR_HOW), split),
+    "folder": lambda d, split: archives.image_folder(
+        _need_root(d, "image folder", archives.FOLDER_HOW), split, d.train_split),
 }
 
 

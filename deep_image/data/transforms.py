@@ -1,8 +1,9 @@
-"""Preprocessing ops on one uint8 HxWx3 image, each small, pure and driven by an explicit rng.
+"""Preprocessing of one uint8 HxWx3 image: resize to the model's scale, then crop and augment.
 
 Resizing follows §4.2/§5.1: "The input images are first resized to different resolutions for
-different models" (scale x scale, so a 512 model sees 4x the pixels of a 256 model), then cropped.
-The paper's colour, vignetting and lens ops join these in the augmentation issue.
+different models". `square` (the default) resizes to scale x scale, as the paper's Table 1 count
+of 224 crops in a 512x512 image implies; `shorter_side` keeps the aspect ratio with the shorter
+side at `scale` (crops then have more horizontal or vertical freedom).
 """
 
 from __future__ import annotations
@@ -10,44 +11,43 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from deep_image.data import augment
 
-def resize(image: np.ndarray, scale: int) -> np.ndarray:
-    """Square resize to scale x scale: area averaging when shrinking, bilinear when enlarging."""
+
+def resize(image: np.ndarray, scale: int, mode: str = "square") -> np.ndarray:
+    """Resize to scale x scale (`square`) or shorter side = scale (`shorter_side`); area
+    averaging when shrinking, bilinear when enlarging."""
     h, w = image.shape[:2]
-    if (h, w) == (scale, scale):
+    if mode == "square":
+        size = (scale, scale)
+    else:
+        f = scale / min(h, w)
+        size = (max(scale, round(w * f)), max(scale, round(h * f)))
+    if (w, h) == size:
         return image
-    interp = cv2.INTER_AREA if scale < min(h, w) else cv2.INTER_LINEAR
-    return cv2.resize(image, (scale, scale), interpolation=interp)
-
-
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One of the (H - size + 1) x (W - size + 1) crops, uniformly."""
-    h, w = image.shape[:2]
-    y = int(rng.integers(h - size + 1))
-    x = int(rng.integers(w - size + 1))
-    return image[y:y + size, x:x + size]
+    interp = cv2.INTER_AREA if size[0] * size[1] < w * h else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    y, x = (h - size) // 2, (w - size) // 2
+    y, x = augment.center_offset(image.shape, size)
     return image[y:y + size, x:x + size]
 
 
-def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Horizontal flip with probability 1/2."""
-    return image[:, ::-1] if rng.random() < 0.5 else image
-
-
 def train_transform(example: dict, rng: np.random.Generator, *, scale: int, crop: int,
-                    augment) -> dict:
-    image = resize(example["image"], scale)
-    image = random_crop(image, crop, rng) if augment.crop else center_crop(image, crop)
-    if augment.flip:
-        image = random_flip(image, rng)
-    return {"image": np.ascontiguousarray(image), "label": np.int32(example["label"])}
+                    augment_config, resize_mode: str = "square") -> dict | None:
+    """Resize, then the §4.1 chain: crop, then every other op on the crop (fused)."""
+    if example is None:
+        return None
+    image = resize(example["image"], scale, resize_mode)
+    params = augment.sample(rng, augment_config, image.shape, crop)
+    return {"image": augment.apply_fused(image, params, crop),
+            "label": np.int32(example["label"])}
 
 
-def eval_transform(example: dict, *, scale: int, crop: int) -> dict:
-    image = center_crop(resize(example["image"], scale), crop)
+def eval_transform(example: dict, *, scale: int, crop: int,
+                   resize_mode: str = "square") -> dict | None:
+    if example is None:
+        return None
+    image = center_crop(resize(example["image"], scale, resize_mode), crop)
     return {"image": np.ascontiguousarray(image), "label": np.int32(example["label"])}

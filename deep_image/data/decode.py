@@ -1,0 +1,73 @@
+"""Decoding any image file to uint8 RGB, or None (and a logged warning) when it cannot be read.
+
+Grayscale, alpha (composited over white), 16-bit and CMYK inputs become 8-bit RGB; corrupt and
+truncated files are skipped by the pipeline and counted, never a crash, never a wrong label.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import cv2
+import numpy as np
+
+
+class SkipCounter:
+    """Counts skipped examples of one source; warns for each with its reason."""
+
+    def __init__(self, name: str):
+        self.name, self.count = name, 0
+        self._lock = threading.Lock()
+
+    def skip(self, what: str, reason: str) -> None:
+        with self._lock:
+            self.count += 1
+            n = self.count
+        logging.warning("%s: skipping %s (%s); %d skipped so far", self.name, what, reason, n)
+
+
+def to_rgb(image: np.ndarray | None) -> np.ndarray | None:
+    """An OpenCV-decoded array (BGR/BGRA/gray, 8 or 16 bit) as HxWx3 uint8 RGB."""
+    if image is None or image.size == 0:
+        return None
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:     # composite over white, as viewers show transparent images
+        alpha = image[..., 3:].astype(np.float32) / 255.0
+        bgr = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return cv2.cvtColor(bgr.round().astype(np.uint8), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def decode(data: bytes) -> np.ndarray | None:
+    """RGB uint8 from encoded bytes (JPEG incl. CMYK, PNG, BMP, WebP, ...), None if unreadable.
+
+    A truncated JPEG that libjpeg can still partially decode is returned as decoded (what every
+    framework does); a file that yields no image is None.
+    """
+    if not data:
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    return to_rgb(image)
+
+
+def read(path: str) -> tuple[np.ndarray | None, str]:
+    """(RGB image or None, reason when None)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"cannot open: {e.strerror}"
+    image = decode(data)
+    return (image, "") if image is not None else (None, "not a decodable image")
