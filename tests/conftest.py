@@ -22,3 +22,19 @@ def run_train(workdir, *overrides, config=TINY, timeout=300, **popen):
 @pytest.fixture
 def repo():
     return REPO
+
+
+def tiny_config(**overrides):
+    """The tiny synthetic config, in-process, with `a__b=value` overrides for `a.b`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("synthetic_cfg", f"{REPO}/experiments/synthetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny")
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

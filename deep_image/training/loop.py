@@ -98,7 +98,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains, evaluates and checkpoints; returns the last evaluation's metrics."""
     # ------------------------------------------------------------------ checks
     config_lib.check(config)
-    workdir = prepare_workdir(workdir)
     is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ mesh
@@ -112,6 +111,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_source = sources.get_source(config.data, config.data.eval_split)
     val_source = (sources.get_source(config.data, config.data.val_split)
                   if config.data.val_split else None)
+    workdir = prepare_workdir(workdir)     # after the sources: a bad dataset writes nothing
     class_names = list(train_source.class_names)
     num_classes = len(class_names)
     train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
