@@ -97,6 +97,17 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+AUGMENTATIONS = ("crop", "flip", "rotation", "lens_distortion", "color_cast", "vignetting")
+
+
+def all_six(augment: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """A copy of `augment` (default: base()'s) with all six §4.1 augmentations on."""
+    aug = ml_collections.ConfigDict((augment or base().data.augment).to_dict())
+    for name in AUGMENTATIONS:
+        aug[name] = True
+    return aug
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.lock()
     return config

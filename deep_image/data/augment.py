@@ -18,10 +18,12 @@ Discretization (each chosen so the space has exactly Table 1's size):
 Colour casting: a channel with shift 0 equals an unaltered one, so the paper's three Booleans and
 [-20, 20] shifts give 41^3 distinct images, one of them the original: 68,920 are changes.
 
-Fusion: flip, rotation and lens distortion become one `cv2.remap` (one interpolation instead of
-three) whose lens map is cached per (type, degree, size) and composed with the flip/rotation
-affine per image; colour cast and vignetting become one pixel pass (a lookup table, then a cached
-fixed-point mask).
+Fusion: flip, rotation and lens distortion become one resampling (one interpolation instead of
+three): a `cv2.remap` whose lens map is cached per (type, degree, size) and composed with the
+flip/rotation affine per image, or a `cv2.warpAffine` without lens. Colour cast and vignetting
+become one pixel pass each in C (a saturating add; a multiply by a mask built from a cached
+radial profile). `warm_caches` builds every lens map and profile up front (about 105 MB for 224
+crops), as a long run has them anyway.
 """
 
 from __future__ import annotations
@@ -236,37 +238,70 @@ def apply_sequential(image, p: Params, crop: int):
 
 # ----------------------------------------------------------------------------- fused
 
-def _geometry_map(p: Params, size: int):
-    """Normalized source coordinates of flip -> rotation -> lens, applied in that order.
+@functools.lru_cache(maxsize=4 * LENS_DEGREES * 2)
+def _lens_map_px(lens_type: str, degree: int, size: int):
+    """The lens map in pixel coordinates (cached: 4 x 65 per crop size, 400 KB each at 224)."""
+    c = (size - 1) / 2.0
+    out = lens_map(lens_type, degree, size) * np.float32(c) + np.float32(c)
+    out.flags.writeable = False
+    return out
 
-    Applying ops one after another, the output of op 3 at point q samples op 2's output at
-    lens(q), which samples op 1's output at rot(lens(q)), which samples the crop at
-    flip(rot(lens(q))). So the source of q is F R L(q): the cached lens map, then one affine.
-    """
-    if p.lens:
-        pts = lens_map(p.lens[0], p.lens[1], size)
-    else:
-        x, y, _ = _grid(size)
-        pts = np.stack([x, y], -1)
-    m = np.eye(2, dtype=np.float32)
+
+def _affine_px(p: Params, size: int):
+    """2x3 matrix taking an output pixel to its source pixel under flip then rotation.
+
+    Applying ops one after another, the output of the last op at point q samples the previous
+    op's output at lens(q), which samples the one before at rot(lens(q)), which samples the
+    crop at flip(rot(lens(q))). So the source of q is F R L(q): the cached lens map, then this
+    affine (F R, about the centre)."""
+    m = np.eye(2, dtype=np.float64)
     if p.flip:
-        m = np.diag([-1.0, 1.0]).astype(np.float32)
+        m = np.diag([-1.0, 1.0])
     if p.rotation:
-        m = m @ _affine(False, p.rotation)
-    return pts @ m.T
+        m = m @ _affine(False, p.rotation).astype(np.float64)
+    c = (size - 1) / 2.0
+    t = c * (np.ones(2) - m @ np.ones(2))
+    return np.hstack([m, t[:, None]]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=len(VIGNETTE_RADII) * 2)
+def _vignette_profile_u8(radius: float, size: int):
+    out = np.round(_vignette_profile(radius, size) * 255).astype(np.uint8)
+    out.flags.writeable = False
+    return out
+
+
+def _vignette_mask3(vignette, size: int):
+    """Brightness factor x 255 as HxWx3 uint8: 255 - strength x profile, in one C pass."""
+    radius, strength = vignette
+    mask = cv2.convertScaleAbs(_vignette_profile_u8(radius, size), alpha=-strength, beta=255)
+    return cv2.merge((mask, mask, mask))
+
+
+def warm_caches(crop: int) -> None:
+    for t, d in lens_space():
+        _lens_map_px(t, d, crop)
+    for r in VIGNETTE_RADII:
+        _vignette_profile_u8(r, crop)
 
 
 def apply_fused(image, p: Params, crop: int):
-    """Crop, then one resampling pass (flip, rotation, lens), then one pixel pass (cast,
-    vignette)."""
+    """Crop, then one resampling pass (flip, rotation, lens), then one pixel pass (cast LUT and
+    vignette multiply)."""
     image = apply_crop(image, p.crop if p.crop else center_offset(image.shape, crop), crop)
-    if p.rotation or p.lens:
-        image = _warp(np.ascontiguousarray(image), _geometry_map(p, crop))
+    border = cv2.BORDER_REFLECT_101
+    if p.lens:
+        maps = cv2.transform(_lens_map_px(p.lens[0], p.lens[1], crop), _affine_px(p, crop))
+        image = cv2.remap(np.ascontiguousarray(image), maps, None, cv2.INTER_LINEAR,
+                          borderMode=border)
+    elif p.rotation:
+        image = cv2.warpAffine(np.ascontiguousarray(image), _affine_px(p, crop), (crop, crop),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
     elif p.flip:
         image = image[:, ::-1]
-    if p.color_cast:
-        lut = np.clip(np.arange(256)[:, None] + np.asarray(p.color_cast)[None], 0, 255)
-        image = cv2.LUT(np.ascontiguousarray(image), lut.astype(np.uint8)[:, None, :])
+    image = np.ascontiguousarray(image)
+    if p.color_cast:   # saturating per-channel add: the cast, clipped to [0, 255]
+        image = cv2.add(image, (*map(float, p.color_cast), 0.0))
     if p.vignette:
-        image = apply_vignette(image, p.vignette)
-    return np.ascontiguousarray(image)
+        image = cv2.multiply(image, _vignette_mask3(p.vignette, crop), scale=1 / 255)
+    return image

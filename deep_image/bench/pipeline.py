@@ -1,0 +1,159 @@
+"""Input-pipeline throughput: 512x512 source JPEGs to 224 crops, images/s per core.
+
+    python -m deep_image.bench.pipeline [--json PATH] [--images N] [--workers W]
+
+Stages, each timed on the same images in the same run:
+  decode            JPEG bytes -> RGB (cv2.imdecode)
+  crop_flip         decode + resize to the scale + crop + flip
+  full_chain        decode + resize + the paper's six augmentations (§4.1), all switched on
+  augment_only      the six augmentations on already-decoded images
+  albumentations    the closest albumentations chain (RandomCrop, HorizontalFlip, Rotate,
+                    OpticalDistortion, RGBShift; it has no vignetting), augmentation only
+Each with one process and with one process per core (per-core figures divide by the cores).
+Also the cost and saving of `config.data.cache` (resized images kept in memory) and peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+
+import cv2
+import numpy as np
+from absl import app, flags
+
+from deep_image import config as config_lib
+from deep_image.data import augment, synthetic, transforms
+
+flags.DEFINE_string("json", None, "Write the results here as JSON.")
+flags.DEFINE_integer("images", 200, "Distinct source images.")
+flags.DEFINE_integer("workers", 0, "Processes for the all-cores run (0: os.cpu_count()).")
+flags.DEFINE_float("seconds", 3.0, "Minimum time per measurement.")
+FLAGS = flags.FLAGS
+
+SCALE, CROP = 512, 224
+
+
+def make_jpegs(n: int) -> list[bytes]:
+    spec = synthetic.SynthBirdsSpec(native_size=SCALE)
+    return [cv2.imencode(".jpg", cv2.cvtColor(synthetic.render(spec, "train", i)[0],
+                                               cv2.COLOR_RGB2BGR),
+                         [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in range(n)]
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
+
+
+def _albumentations_chain():
+    try:
+        import albumentations as A
+    except ImportError:
+        return None
+    return A.Compose([
+        A.RandomCrop(CROP, CROP), A.HorizontalFlip(p=0.5), A.Rotate(limit=10, p=0.5),
+        A.OpticalDistortion(distort_limit=0.3, p=0.5),
+        A.RGBShift(r_shift_limit=20, g_shift_limit=20, b_shift_limit=20, p=0.875),
+    ])
+
+
+def _stage_fn(stage: str):
+    """A function (item, rng) -> output for one stage."""
+    full, basic = config_lib.all_six(), config_lib.base().data.augment
+    if stage == "decode":
+        return lambda data, rng: _decode(data)
+    if stage == "crop_flip":
+        return lambda data, rng: transforms.train_transform(
+            {"image": _decode(data), "label": 0}, rng, scale=SCALE, crop=CROP,
+            augment_config=basic)
+    if stage == "full_chain":
+        return lambda data, rng: transforms.train_transform(
+            {"image": _decode(data), "label": 0}, rng, scale=SCALE, crop=CROP,
+            augment_config=full)
+    if stage == "augment_only":
+        return lambda image, rng: augment.apply_fused(
+            image, augment.sample(rng, full, image.shape, CROP), CROP)
+    if stage == "albumentations":
+        chain = _albumentations_chain()
+        return lambda image, rng: chain(image=image)["image"]
+    raise ValueError(stage)
+
+
+def _rate(stage: str, items: list, seconds: float, seed: int = 0) -> float:
+    """Images/s of one process over `items`, cycling until `seconds` have passed."""
+    cv2.setNumThreads(1)
+    augment.warm_caches(CROP)
+    fn, rng = _stage_fn(stage), np.random.default_rng(seed)
+    for item in items[:5]:     # warm caches (lens maps, vignette masks) as a long run would
+        fn(item, rng)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for item in items:
+            fn(item, rng)
+        n += len(items)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def _rate_worker(args):
+    return _rate(*args)
+
+
+def measure(stage: str, items: list, seconds: float, workers: int) -> tuple[float, float]:
+    """(images/s of one process, images/s per core with `workers` processes)."""
+    one = _rate(stage, items, seconds)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        rates = pool.map(_rate_worker, [(stage, items, seconds, s) for s in range(workers)])
+    return one, sum(rates) / workers
+
+
+def main(argv):
+    del argv
+    workers = FLAGS.workers or os.cpu_count()
+    jpegs = make_jpegs(FLAGS.images)
+    decoded = [_decode(j) for j in jpegs]
+    stages = ["decode", "crop_flip", "full_chain", "augment_only"]
+    if _albumentations_chain() is not None:
+        stages.append("albumentations")
+    rows, result = [], {"cores": workers, "images": FLAGS.images, "scale": SCALE, "crop": CROP}
+    for stage in stages:
+        items = decoded if stage in ("augment_only", "albumentations") else jpegs
+        one, per_core = measure(stage, items, FLAGS.seconds, workers)
+        rows.append((stage, one, per_core))
+        key = "albumentations_augment_only" if stage == "albumentations" else stage
+        result[f"{key}_per_core"] = per_core
+        result[f"{key}_one_process"] = one
+
+    # config.data.cache: memory it costs, decode+resize time per epoch it saves.
+    result["cache_bytes_per_image"] = SCALE * SCALE * 3
+    result["cache_saves_seconds_per_image"] = 1.0 / result["decode_per_core"]
+    result["full_chain_over_decode_time"] = result["decode_per_core"] / result[
+        "full_chain_per_core"]
+    if "albumentations_augment_only_per_core" in result:
+        result["augment_speedup_vs_albumentations"] = (
+            result["augment_only_per_core"] / result["albumentations_augment_only_per_core"])
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(f"{'stage':<16}{'1 process img/s':>18}{f'per core ({workers} procs)':>24}")
+    for stage, one, per_core in rows:
+        print(f"{stage:<16}{one:>18.1f}{per_core:>24.1f}")
+    print(f"full chain time / decode time: {result['full_chain_over_decode_time']:.2f} "
+          f"(target <= 1.5)")
+    if "augment_speedup_vs_albumentations" in result:
+        print(f"our augmentation vs albumentations: "
+              f"{result['augment_speedup_vs_albumentations']:.2f}x (target >= 2)")
+    print(f"cache: {result['cache_bytes_per_image'] / 2**20:.2f} MiB per image at {SCALE}, "
+          f"saves {1e3 * result['cache_saves_seconds_per_image']:.2f} ms decode per image "
+          "per epoch; peak RSS " f"{result['peak_rss_mib']:.0f} MiB")
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
