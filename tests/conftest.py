@@ -36,5 +36,8 @@ def tiny_config(**overrides):
         *parents, leaf = key.split("__")
         for p in parents:
             node = node[p]
-        node[leaf] = value
+        if isinstance(value, dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
     return config

@@ -19,8 +19,8 @@ Colour casting: a channel with shift 0 equals an unaltered one, so the paper's t
 [-20, 20] shifts give 41^3 distinct images, one of them the original: 68,920 are changes.
 
 Fusion: flip, rotation and lens distortion become one resampling (one interpolation instead of
-three): a `cv2.remap` whose lens map is cached per (type, degree, size) and composed with the
-flip/rotation affine per image, or a `cv2.warpAffine` without lens. Colour cast and vignetting
+three): a fixed-point `cv2.remap` whose lens map (or plain pixel grid) is cached per (type,
+degree, size) and composed with the flip/rotation affine per image. Colour cast and vignetting
 become one pixel pass each in C (a saturating add; a multiply by a mask built from a cached
 radial profile). `warm_caches` builds every lens map and profile up front (about 105 MB for 224
 crops), as a long run has them anyway.
@@ -92,28 +92,48 @@ SPACES = {"color_cast": color_cast_space, "vignetting": vignette_space,
 
 # ----------------------------------------------------------------------------- sampling
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """config.data.augment as plain attributes (read once per pipeline, not per image)."""
+    crop: bool = True
+    flip: bool = True
+    rotation: bool = False
+    rotation_prob: float = 0.5
+    lens_distortion: bool = False
+    lens_prob: float = 0.5
+    color_cast: bool = False
+    color_cast_channel_prob: float = 0.5
+    vignetting: bool = False
+    vignetting_prob: float = 0.5
+
+    @classmethod
+    def of(cls, aug) -> "Settings":
+        if isinstance(aug, cls):
+            return aug
+        return cls(**{f.name: aug[f.name] for f in dataclasses.fields(cls)})
+
+
 def sample(rng: np.random.Generator, aug, image_shape, crop: int) -> Params:
-    """Draws one Params from the spaces, following `aug` (config.data.augment) switches and
-    probabilities. The draw order is fixed, so equal generators give equal Params."""
+    """Draws one Params from the spaces, following the `aug` switches and probabilities
+    (config.data.augment or Settings). The draw order is fixed, so equal generators give equal
+    Params."""
+    aug = Settings.of(aug)
     h, w = image_shape[:2]
     offset = None
     if aug.crop:
         offset = (int(rng.integers(max(1, h - crop))), int(rng.integers(max(1, w - crop))))
     flip = bool(aug.flip and rng.random() < 0.5)
-    rotation = None
+    rotation = lens = cast = vignette = None
     if aug.rotation and rng.random() < aug.rotation_prob:
-        rotation = int(rng.choice(ROTATION_ANGLES))
-    lens = None
+        rotation = ROTATION_ANGLES[int(rng.integers(len(ROTATION_ANGLES)))]
     if aug.lens_distortion and rng.random() < aug.lens_prob:
         lens = (LENS_TYPES[int(rng.integers(len(LENS_TYPES)))],
                 int(rng.integers(1, LENS_DEGREES + 1)))
-    cast = None
     if aug.color_cast:
         altered = rng.random(3) < aug.color_cast_channel_prob
-        shifts = rng.integers(1, COLOR_SHIFT + 1, 3) * rng.choice((-1, 1), 3)
+        shifts = rng.integers(1, COLOR_SHIFT + 1, 3) * (2 * rng.integers(0, 2, 3) - 1)
         if altered.any():
             cast = tuple(int(s) if a else 0 for s, a in zip(shifts, altered))
-    vignette = None
     if aug.vignetting and rng.random() < aug.vignetting_prob:
         vignette = (VIGNETTE_RADII[int(rng.integers(len(VIGNETTE_RADII)))],
                     VIGNETTE_STRENGTHS[int(rng.integers(len(VIGNETTE_STRENGTHS)))])
@@ -285,18 +305,24 @@ def warm_caches(crop: int) -> None:
         _vignette_profile_u8(r, crop)
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(size: int):
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.stack([xx, yy], -1)
+    out.flags.writeable = False
+    return out
+
+
 def apply_fused(image, p: Params, crop: int):
-    """Crop, then one resampling pass (flip, rotation, lens), then one pixel pass (cast LUT and
-    vignette multiply)."""
+    """Crop, then one resampling pass (flip, rotation, lens), then one pixel pass each for the
+    cast (saturating add) and the vignette (multiply)."""
     image = apply_crop(image, p.crop if p.crop else center_offset(image.shape, crop), crop)
-    border = cv2.BORDER_REFLECT_101
-    if p.lens:
-        maps = cv2.transform(_lens_map_px(p.lens[0], p.lens[1], crop), _affine_px(p, crop))
-        image = cv2.remap(np.ascontiguousarray(image), maps, None, cv2.INTER_LINEAR,
-                          borderMode=border)
-    elif p.rotation:
-        image = cv2.warpAffine(np.ascontiguousarray(image), _affine_px(p, crop), (crop, crop),
-                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
+    if p.lens or p.rotation:
+        base = _lens_map_px(p.lens[0], p.lens[1], crop) if p.lens else _pixel_grid(crop)
+        maps = cv2.transform(base, _affine_px(p, crop))
+        # Fixed-point maps (1/32 pixel): the remap runs ~30% faster than with float maps.
+        xy, frac = cv2.convertMaps(maps, None, cv2.CV_16SC2)
+        image = cv2.remap(image, xy, frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     elif p.flip:
         image = image[:, ::-1]
     image = np.ascontiguousarray(image)

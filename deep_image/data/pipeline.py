@@ -14,7 +14,7 @@ import math
 import grain
 import numpy as np
 
-from deep_image.data import transforms
+from deep_image.data import augment, transforms
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -69,7 +69,8 @@ def train_dataset(source, config, *, process_index: int = 0,
     ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
     ds = ds[process_index::process_count]
     ds = ds.random_map(functools.partial(transforms.train_transform, scale=d.scale, crop=d.crop,
-                                         augment_config=d.augment, resize_mode=d.resize))
+                                         augment_config=augment.Settings.of(d.augment),
+                                         resize_mode=d.resize))
     local_batch = local_batch_size(config.batch_size, process_count)
     # Read threads work on single examples; buffer `prefetch` batches' worth of them.
     it = ds.to_iter_dataset(grain.ReadOptions(

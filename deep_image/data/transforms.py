@@ -40,7 +40,7 @@ def train_transform(example: dict, rng: np.random.Generator, *, scale: int, crop
     if example is None:
         return None
     image = resize(example["image"], scale, resize_mode)
-    params = augment.sample(rng, augment_config, image.shape, crop)
+    params = augment.sample(rng, augment_config, image.shape, crop)   # config or Settings
     return {"image": augment.apply_fused(image, params, crop),
             "label": np.int32(example["label"])}
 
