@@ -54,7 +54,8 @@ def test_each_process_reads_its_own_slice_of_every_epoch():
     seen = []
     for p in range(2):
         it = iter(pipeline.train_dataset(src, config, process_index=p, process_count=2))
-        seen.append([i for _ in range(3) for i in _ids(next(it))])     # 12 = one epoch's half
+        # global batch 4 = 2 per process; 6 batches = this process's half of the epoch
+        seen.append([i for _ in range(6) for i in _ids(next(it))])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(24))
     # the next epoch is shuffled differently

@@ -12,6 +12,7 @@ import functools
 import math
 
 import grain
+from absl import flags
 import numpy as np
 
 from deep_image.data import augment, transforms
@@ -78,6 +79,8 @@ def train_dataset(source, config, *, process_index: int = 0,
     it = it.filter(lambda x: x is not None)       # unreadable images, logged by the source
     it = it.batch(local_batch, drop_remainder=True)
     if d.workers > 0:
+        if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags (library use)
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers,
                                                          per_worker_buffer_size=d.prefetch))
     return it
