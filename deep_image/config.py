@@ -12,6 +12,7 @@ import ml_collections
 from deep_image import constants
 
 MODEL_DTYPES = ("float32", "bfloat16")
+HEADLINES = ("top1", "mean_per_class", "top5_error")
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,15 @@ def base() -> ml_collections.ConfigDict:
     c.data.synthetic.seed = 0
     c.data.synthetic.object_scale = (0.45, 0.7)   # bird length / image side
     c.data.synthetic.clutter = 8                  # distractor strokes per image
+
+    # The test protocol of `python -m deep_image.evaluate` / ensemble / predict (§5.1).
+    # Periodic evaluation during training always uses the quick single centre crop.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.protocol = "center_crop"    # center_crop | dense (fully convolutional, whole image)
+    c.eval.scales = ()                 # dense: test scales, e.g. (256, 384, 512); (): data.scale
+    c.eval.flip = False                # also score the mirrored image, average the posteriors
+    c.eval.bbox = False                # crop to the dataset's box at test time (CUB "Ours+BBox")
+    c.eval.headline = "top1"           # top1 | mean_per_class | top5_error: the paper's metric
 
     c.batch_size = 256                 # global, over all devices and hosts
     c.eval_batch_size = 256
@@ -140,6 +150,13 @@ def check(config: ml_collections.ConfigDict) -> None:
          "need crops of at least 32 pixels")
     need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
          "config.data.mean and config.data.std need three values (RGB), std > 0")
+    need(config.eval.protocol in ("center_crop", "dense"),
+         f"config.eval.protocol={config.eval.protocol!r}; choose center_crop or dense")
+    need(config.eval.headline in HEADLINES,
+         f"config.eval.headline={config.eval.headline!r}; choose one of {', '.join(HEADLINES)}")
+    need(all(s >= config.data.crop for s in config.eval.scales),
+         f"config.eval.scales={tuple(config.eval.scales)}: every test scale must be at least "
+         f"the crop ({config.data.crop})")
     for key in ("batch_size", "eval_batch_size"):
         need(config[key] > 0, f"config.{key} must be > 0, got {config[key]}")
     need(config.total_steps > 0 or config.num_epochs > 0,

@@ -8,7 +8,7 @@ import sys
 from absl import app, flags
 
 from deep_image.config import ConfigError
-from deep_image.data.sources import DataError
+from deep_image.data.errors import DataError
 from deep_image.parallel.mesh import MeshError
 
 USER_ERRORS = (ConfigError, DataError, MeshError, FileNotFoundError, PermissionError)

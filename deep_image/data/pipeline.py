@@ -95,17 +95,25 @@ class EvalData:
     """
 
     def __init__(self, source, config, *, process_index: int = 0, process_count: int = 1,
-                 cache: bool = True):
+                 cache: bool = True, scale: int | None = None, crop: int | None = -1,
+                 use_box: bool = False):
+        """`scale` defaults to config.data.scale, `crop` to config.data.crop (None: the whole
+        resized image, for dense testing)."""
         d = config.data
+        scale = d.scale if scale is None else scale
+        crop = d.crop if crop == -1 else crop
         self.batch_size = local_batch_size(config.eval_batch_size, process_count)
         self.size = len(source)
         per_process = math.ceil(self.size / process_count)
         self.num_batches = max(1, math.ceil(per_process / self.batch_size))
         ds = grain.MapDataset.source(source)[process_index::process_count]
-        self._ds = ds.map(functools.partial(transforms.eval_transform, scale=d.scale,
-                                            crop=d.crop, resize_mode=d.resize))
+        self._ds = ds.map(functools.partial(transforms.eval_transform, scale=scale, crop=crop,
+                                            # whole images batch only at one square size
+                                            resize_mode=d.resize if crop else "square",
+                                            use_box=use_box))
         self._threads = d.threads
-        self._shape = (d.crop, d.crop, 3)
+        side = scale if crop is None else crop
+        self._shape = (side, side, 3)
         self._cache = [] if cache else None
 
     def _batches(self):

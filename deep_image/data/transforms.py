@@ -45,9 +45,24 @@ def train_transform(example: dict, rng: np.random.Generator, *, scale: int, crop
             "label": np.int32(example["label"])}
 
 
-def eval_transform(example: dict, *, scale: int, crop: int,
-                   resize_mode: str = "square") -> dict | None:
+def crop_to_box(image: np.ndarray, box) -> np.ndarray:
+    """The (xmin, ymin, xmax, ymax) pixel box, clipped to the image; the image if degenerate."""
+    h, w = image.shape[:2]
+    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+    return image[y0:y1, x0:x1] if x1 - x0 >= 2 and y1 - y0 >= 2 else image
+
+
+def eval_transform(example: dict, *, scale: int, crop: int | None,
+                   resize_mode: str = "square", use_box: bool = False) -> dict | None:
+    """Resize (after cutting to the box when asked and known), then the centre crop; with
+    `crop=None` the whole resized image (dense testing)."""
     if example is None:
         return None
-    image = center_crop(resize(example["image"], scale, resize_mode), crop)
+    image = example["image"]
+    if use_box and example.get("bbox") is not None:
+        image = crop_to_box(image, example["bbox"])
+    image = resize(image, scale, resize_mode)
+    if crop is not None:
+        image = center_crop(image, crop)
     return {"image": np.ascontiguousarray(image), "label": np.int32(example["label"])}

@@ -24,6 +24,17 @@ class ClassCounts:
         self.top5 += np.asarray(sums["top5"], np.float64)
         self.loss += float(sums["loss"])
 
+    def add_predictions(self, probs: np.ndarray, labels: np.ndarray) -> None:
+        """Adds scored examples: probs [N, C], integer labels [N]."""
+        c = self.count.shape[0]
+        top = np.argsort(-probs, axis=1)[:, :5]
+        onehot = np.eye(c)[labels]
+        self.count += onehot.sum(0)
+        self.top1 += (onehot * (top[:, 0] == labels)[:, None]).sum(0)
+        self.top5 += (onehot * (top == labels[:, None]).any(1)[:, None]).sum(0)
+        picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+        self.loss += float(-np.log(picked).sum())
+
     @property
     def num_examples(self) -> int:
         return int(round(self.count.sum()))

@@ -15,11 +15,12 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 1, async_save: bool = True,
+                 read_only: bool = False):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=async_save)
+            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=async_save, read_only=read_only)
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -48,6 +49,11 @@ class Checkpointer:
         restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], step
 
+    def restore_params(self, step: int) -> dict:
+        """Only the model parameters of `step`, as saved (host arrays), for inference."""
+        raw = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return raw["state"]["params"]
+
     def meta(self, step: int | None = None) -> dict | None:
         step = self._mgr.latest_step() if step is None else step
         if step is None:
@@ -60,3 +66,32 @@ class Checkpointer:
     def close(self) -> None:
         self._mgr.wait_until_finished()
         self._mgr.close()
+
+
+class Trained:
+    """A trained model read back from a workdir: config, model, params, class names, step."""
+
+    def __init__(self, workdir: str, config=None, step: int | None = None):
+        import json
+
+        import ml_collections
+
+        from deep_image import models
+        from deep_image.data.errors import DataError
+
+        path = os.path.join(workdir, "checkpoints")
+        if not os.path.isdir(path):
+            raise DataError(f"no checkpoints in {workdir}: train there first with "
+                            f"`python -m deep_image.train --workdir={workdir} ...`")
+        ckpt = Checkpointer(path, read_only=True)
+        self.step = ckpt.latest_step() if step is None else step
+        if self.step is None:
+            raise DataError(f"no complete checkpoint in {path}")
+        meta = ckpt.meta(self.step)
+        if config is None:
+            with open(os.path.join(workdir, "config.json")) as f:
+                config = ml_collections.ConfigDict(json.load(f))
+        self.config = config
+        self.class_names = list(meta["class_names"])
+        self.model = models.build(config.model, len(self.class_names), config.data.crop)
+        self.params = ckpt.restore_params(self.step)
