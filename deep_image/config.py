@@ -7,12 +7,15 @@ Every key a run may read exists here with a comment; paper numbers come from `co
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from deep_image import constants
 
 MODEL_DTYPES = ("float32", "bfloat16")
 HEADLINES = ("top1", "mean_per_class", "top5_error")
+FINETUNE_MODES = ("all", "fc", "last")
 
 
 class ConfigError(ValueError):
@@ -94,6 +97,10 @@ def base() -> ml_collections.ConfigDict:
     c.schedule.min_scale = 1e-3        # floor: the rate never goes below min_scale * lr
     c.schedule.warmup_steps = 0        # linear warm-up from 0 (0: none)
 
+    # Fine-tuning (§5): start from another run's weights; which layers train.
+    c.init_from = ""                   # a workdir (its latest checkpoint) or a checkpoint dir
+    c.finetune = "all"                 # all | fc (the last three FC layers) | last (classifier)
+
     c.total_steps = 0                  # 0: derived from num_epochs
     c.num_epochs = 90.0
     c.log_every_steps = 50
@@ -150,6 +157,14 @@ def check(config: ml_collections.ConfigDict) -> None:
          "need crops of at least 32 pixels")
     need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
          "config.data.mean and config.data.std need three values (RGB), std > 0")
+    need(config.finetune in FINETUNE_MODES,
+         f"config.finetune={config.finetune!r}; choose one of {', '.join(FINETUNE_MODES)}")
+    need(config.finetune == "all" or config.init_from,
+         f"config.finetune={config.finetune!r} freezes layers, so it needs config.init_from "
+         "(the pre-trained run to start from)")
+    need(not config.init_from or os.path.isdir(config.init_from),
+         f"config.init_from={config.init_from!r} is not a directory; name a trained workdir "
+         "or the output of deep_image.tools.import_weights")
     need(config.eval.protocol in ("center_crop", "dense"),
          f"config.eval.protocol={config.eval.protocol!r}; choose center_crop or dense")
     need(config.eval.headline in HEADLINES,

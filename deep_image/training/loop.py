@@ -22,6 +22,7 @@ from deep_image import models
 from deep_image.data import pipeline, sources
 from deep_image.evaluation.metrics import ClassCounts
 from deep_image.parallel import mesh as mesh_lib
+from deep_image.training import finetune
 from deep_image.training import state as state_lib
 from deep_image.training import step as step_lib
 from deep_image.training.checkpoint import Checkpointer
@@ -127,7 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # ------------------------------------------------------------------ model and state
     model = models.build(config.model, num_classes, config.data.crop)
-    tx = state_lib.make_optimizer(config.optimizer)
+    tx = state_lib.make_optimizer(config.optimizer, config.finetune)
     plateau_tx = state_lib.make_plateau(config.schedule)
     state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, DEFAULT_RULES)
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
@@ -142,6 +143,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if restored is not None:
         state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, start)
+    elif config.init_from:      # resume wins: a preempted fine-tuning run continues itself
+        state = finetune.warm_start(state, shardings.params, config.init_from)
     start = int(jax.device_get(state.step))
     if is_main:
         _write_config(workdir, config)

@@ -33,8 +33,31 @@ def _kernels_only(params):
         lambda path, _: mesh_lib.path_str(path).endswith("kernel"), params)
 
 
-def make_optimizer(opt) -> optax.GradientTransformation:
-    """Gradient -> direction (weight decay + momentum); the step multiplies by -lr."""
+TRAINABLE = {   # §5: "fine-tune all layers, the last three FC layers, or the last"
+    "all": lambda layer: True,
+    "fc": lambda layer: layer.startswith("fc"),
+    "last": lambda layer: layer == "fc3",
+}
+
+
+def trainable_labels(params, finetune: str):
+    """'train' or 'freeze' for every parameter leaf, by its layer name."""
+    keep = TRAINABLE[finetune]
+    return {layer: jax.tree.map(lambda _: "train" if keep(layer) else "freeze", leaves)
+            for layer, leaves in params.items()}
+
+
+def make_optimizer(opt, finetune: str = "all") -> optax.GradientTransformation:
+    """Gradient -> direction (weight decay + momentum); the step multiplies by -lr. Frozen
+    layers get a zero direction and keep no optimizer state (optax.multi_transform)."""
+    tx = _sgd_direction(opt)
+    if finetune == "all":
+        return tx
+    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
+                                 lambda params: trainable_labels(params, finetune))
+
+
+def _sgd_direction(opt) -> optax.GradientTransformation:
     parts = []
     if opt.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))

@@ -1,0 +1,65 @@
+"""Starting a run from another run's weights (§5: pre-train on ILSVRC, then fine-tune).
+
+`config.init_from` names a workdir (its latest checkpoint is used) or a `checkpoints/`
+directory, e.g. the output of `deep_image.tools.import_weights`. Layers are matched by name and
+shape; the classifier (fc3) is re-initialized when the class count differs, and the log says so.
+Any other mismatch is an error: fine-tune with the pre-trained model's variant, width and crop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from deep_image.config import ConfigError
+from deep_image.training.checkpoint import Checkpointer
+
+
+def load_pretrained(init_from: str) -> tuple[dict, int]:
+    """(params, step) of the latest checkpoint under `init_from`."""
+    path = os.path.join(init_from, "checkpoints")
+    if not os.path.isdir(path):
+        path = init_from
+    if not os.path.isdir(path):
+        raise ConfigError(f"config.init_from={init_from!r} is not a directory; name a trained "
+                          "workdir or the output of deep_image.tools.import_weights")
+    ckpt = Checkpointer(path, read_only=True)
+    step = ckpt.latest_step()
+    if step is None:
+        raise ConfigError(f"config.init_from={init_from!r} holds no complete checkpoint")
+    return ckpt.restore_params(step), step
+
+
+def merge(fresh: dict, loaded: dict, source: str) -> dict:
+    """`fresh` with every layer taken from `loaded`, but a classifier of another class count."""
+    out = {}
+    for layer, leaves in fresh.items():
+        if layer not in loaded:
+            raise ConfigError(f"config.init_from={source!r} has no layer {layer}: pre-trained "
+                              "with another model variant?")
+        out[layer] = {}
+        for name, value in leaves.items():
+            got = np.asarray(loaded[layer][name])
+            if got.shape == value.shape:
+                out[layer][name] = got.astype(value.dtype)
+            elif layer == "fc3":
+                logging.warning("init_from: re-initializing the classifier fc3/%s: pre-trained "
+                                "shape %s, this dataset needs %s", name, got.shape, value.shape)
+                out[layer][name] = value
+            else:
+                raise ConfigError(
+                    f"config.init_from={source!r}: {layer}/{name} has shape {got.shape}, this "
+                    f"model needs {tuple(value.shape)}; use the pre-trained model's variant, "
+                    "width and crop size")
+    return out
+
+
+def warm_start(state, params_shardings, init_from: str):
+    loaded, step = load_pretrained(init_from)
+    fresh = jax.device_get(state.params)
+    params = merge(fresh, loaded, init_from)
+    logging.info("initialized from %s (step %d)", init_from, step)
+    return state.replace(params=jax.device_put(params, params_shardings))
