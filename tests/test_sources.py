@@ -112,8 +112,7 @@ def test_fgvc_aircraft_layout_banner_boxes_and_missing_files(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- MIT Indoor 67
 
-def test_mit_indoor67_layout(tmp_path):
-    root = tmp_path / "indoor"
+def _indoor(root):
     classes = ["airport_inside", "bakery", "bar"]
     train, test = [], []
     for c in classes:
@@ -123,6 +122,11 @@ def test_mit_indoor67_layout(tmp_path):
             (test if i == 0 else train).append(rel)
     (root / "TrainImages.txt").write_text("\n".join(train) + "\n")
     (root / "TestImages.txt").write_text("\n".join(test) + "\n")
+    return root, classes
+
+
+def test_mit_indoor67_layout(tmp_path):
+    root, classes = _indoor(tmp_path / "indoor")
     src = archives.mit_indoor67(str(root), "train")
     assert src.class_names == classes and len(src) == 9
     assert [src[i]["label"] for i in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -1,0 +1,52 @@
+"""What each of the paper's benchmarks needs in a config (§5), shared by experiments/*.py.
+
+`paper_config(benchmark, ...)` returns the base config set up for one benchmark: its source and
+splits, the paper's evaluation metric (the "headline"), the multi-scale + flip dense test
+protocol (§5.1), the six augmentations on (§5.1: "Our aggressive data augmentations are used for
+both pretraining and fine-tuning"), and the fine-tuning mode. Experiment files then set the
+model, scale and learning rate and quote the number they target.
+"""
+
+from __future__ import annotations
+
+from deep_image import config as config_lib
+from deep_image import constants
+
+# benchmark -> (source, train split, val split, eval split, headline metric)
+BENCHMARKS = {
+    "ilsvrc": ("imagenet", "train", "", "validation", "top5_error"),
+    "cub": ("cub", "train", "", "test", "top1"),
+    "flowers": ("flowers102", "train", "validation", "test", "mean_per_class"),
+    "pets": ("pets", "train", "", "test", "mean_per_class"),
+    "aircraft": ("aircraft", "trainval", "", "test", "mean_per_class"),
+    "indoor": ("indoor67", "train", "", "test", "top1"),
+}
+TEST_SCALES = (256, 384, 512)   # §5.1 multi-scale testing; each must be >= the 224 crop
+
+
+def paper_config(benchmark: str, *, variant: str, scale: int, finetune: str = "all",
+                 init_from: str = "", width: float = 1.0):
+    source, train, val, test, headline = BENCHMARKS[benchmark]
+    c = config_lib.base()
+    c.model.variant, c.model.width = variant, width
+    c.model.dtype = "bfloat16"          # GPU runs; parameters stay float32
+    c.data.source = source
+    c.data.train_split, c.data.val_split, c.data.eval_split = train, val, test
+    c.data.scale, c.data.crop = scale, constants.CROP_SIZE
+    c.data.augment.update(config_lib.all_six())
+    c.data.workers = 8
+    c.eval.protocol, c.eval.scales, c.eval.flip = "dense", TEST_SCALES, True
+    c.eval.headline = headline
+    c.init_from, c.finetune = init_from, finetune
+    c.batch_size = 256
+    c.eval_batch_size = 64              # whole 512x512 images at test time
+    c.log_every_steps = 100
+    if benchmark == "ilsvrc":
+        c.num_epochs = 90
+        c.eval_every_steps = c.checkpoint_every_steps = 5000
+        c.schedule.patience = 2
+    else:   # fine-tuning sets are small: evaluate (and maybe divide the rate) every ~2 epochs
+        c.num_epochs = 60
+        c.eval_every_steps = c.checkpoint_every_steps = 50
+        c.schedule.patience = 3
+    return c

@@ -1,0 +1,88 @@
+"""Every benchmark config of experiments/ trains two steps and evaluates with its own test
+protocol on mock data of the right structure at a tiny width, so a wiring mistake in any config
+fails CI. Fine-tuning configs start from tiny pre-trained runs of their variant."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from conftest import REPO, tiny_config
+from deep_image import config as config_lib
+from deep_image.data import sources
+from deep_image.evaluation import protocol
+from deep_image.training import loop
+from deep_image.training.checkpoint import Trained
+from test_sources import _fgvc, _indoor
+
+WIDTH = 1 / 32
+EXPERIMENTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{REPO}/experiments/*.py")
+                     if not p.endswith("synthetic.py"))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, f"{REPO}/experiments/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny(c, **extra):
+    c.model.width = WIDTH
+    c.data.scale, c.data.crop = 40, 32
+    c.data.workers, c.data.threads = 0, 2
+    c.eval.scales = (40, 48)
+    c.batch_size = c.eval_batch_size = 4
+    c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = c.log_every_steps = 2
+    c.progress_bar = False
+    for k, v in extra.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    runs = {}
+    for variant in ("vgg16", "vgg19"):
+        wd = tmp_path_factory.mktemp(f"pre_{variant}")
+        c = _tiny(tiny_config(model__variant=variant))
+        loop.train_and_evaluate(c, str(wd))
+        runs[variant] = str(wd)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    root = tmp_path_factory.mktemp("archives")
+    return {"aircraft": str(_fgvc(root)[0]), "indoor67": str(_indoor(root / "indoor")[0])}
+
+
+def test_every_paper_experiment_has_a_config():
+    assert {"cub_256", "cub_512", "flowers_all", "flowers_last", "pets_fc", "aircraft_all",
+            "indoor_fc", "ilsvrc_vgg16_256", "ilsvrc_vgg19_512",
+            "ilsvrc_vgg19_wide_512"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_config_trains_and_evaluates(name, pretrained, archives, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    module = _load(name)
+    assert module.__doc__ and "Target:" in module.__doc__
+    c = module.get_config()
+    with pytest.raises(AttributeError):
+        c.model.widht = 2                       # locked: a typo is an error
+    _tiny(c)
+    if c.init_from:
+        c.init_from = pretrained[c.model.variant]
+    if c.data.source in archives:
+        c.data.root = archives[c.data.source]
+    config_lib.check(c)
+    with tfds.testing.mock_data(num_examples=8):
+        result = loop.train_and_evaluate(c, str(tmp_path))
+        assert result["step"] == 2
+        run = Trained(str(tmp_path), c)
+        source = sources.get_source(c.data, c.data.eval_split)
+        probs, labels = protocol.split_posteriors(run.model, run.params, source, c)
+    values, _ = protocol.metrics(probs, labels, c.eval.headline)
+    assert 0.0 <= values["eval/headline"] <= 1.0 and values["eval/examples"] == len(labels) > 0
