@@ -27,5 +27,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["deep_image", "deep_image.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=9.0,<10", "pytest-timeout>=2.4,<3"]},
+    # torch only for the weight-import test (a CPU build on the CI machine image).
+    extras_require={"test": ["pytest>=9.0,<10", "pytest-timeout>=2.4,<3", "torch==2.13.0"]},
 )

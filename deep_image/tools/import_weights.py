@@ -1,0 +1,132 @@
+"""Convert torchvision's ImageNet-trained VGG-16/19 weights into a checkpoint that
+`config.init_from` (and evaluate / predict) accepts:
+
+    python -m deep_image.tools.import_weights --from=torchvision --variant=vgg16 IN.pth OUT_DIR
+
+IN.pth is the state dict you downloaded (e.g. vgg16-397923af.pth). It is read with
+`torch.load(weights_only=True)`: tensors only, never arbitrary pickled objects. Layouts:
+conv kernels OIHW -> HWIO; FC weights (out, in) -> (in, out); FC1's input is torchvision's
+NCHW feature map flattened as (C, H, W), ours is NHWC flattened as (H, W, C), so FC1's rows are
+permuted accordingly. OUT_DIR gets `checkpoints/0/` and a `config.json` (ImageNet, 224 crops,
+torchvision's mean/std normalization, which is also our default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from deep_image import config as config_lib
+from deep_image import constants
+
+flags.DEFINE_enum("from", "torchvision", ["torchvision"], "Where the weights come from.")
+flags.DEFINE_enum("variant", None, list(constants.CONVS_PER_BLOCK), "Model variant.")
+flags.DEFINE_string("classes", None, "Optional file with one class name per line.")
+FLAGS = flags.FLAGS
+
+
+class ImportError_(ValueError):
+    pass
+
+
+def _indexed(state: dict, prefix: str, suffix: str) -> list[tuple[int, np.ndarray]]:
+    rx = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.{suffix}$")
+    found = [(int(m.group(1)), v) for k, v in state.items() if (m := rx.match(k))]
+    return sorted(found, key=lambda kv: kv[0])
+
+
+def convert_torchvision(state: dict, variant: str) -> tuple[dict, dict]:
+    """(params in our layout, model facts: width, input_size, num_classes)."""
+    convs_w, convs_b = _indexed(state, "features", "weight"), _indexed(state, "features", "bias")
+    fcs_w, fcs_b = (_indexed(state, "classifier", "weight"),
+                    _indexed(state, "classifier", "bias"))
+    names = [f"conv{b + 1}_{i + 1}" for b, n in enumerate(constants.CONVS_PER_BLOCK[variant])
+             for i in range(n)]
+    if len(convs_w) != len(names) or len(fcs_w) != 3:
+        raise ImportError_(f"the state dict has {len(convs_w)} conv and {len(fcs_w)} FC layers; "
+                           f"{variant} has {len(names)} and 3 (is it torchvision's "
+                           f"{variant}, without batch norm?)")
+    params = {}
+    for name, (_, w), (_, b) in zip(names, convs_w, convs_b):
+        params[name] = {"kernel": np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0)),
+                        "bias": np.asarray(b)}
+    channels = params[names[-1]]["kernel"].shape[-1]
+    w1 = np.asarray(fcs_w[0][1])
+    side = math.isqrt(w1.shape[1] // channels)
+    if side * side * channels != w1.shape[1]:
+        raise ImportError_(f"FC1 takes {w1.shape[1]} inputs, not a square map of {channels} "
+                           "channels")
+    k1 = w1.reshape(-1, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, w1.shape[0])
+    params["fc1"] = {"kernel": np.ascontiguousarray(k1), "bias": np.asarray(fcs_b[0][1])}
+    for i in (1, 2):
+        params[f"fc{i + 1}"] = {"kernel": np.ascontiguousarray(np.asarray(fcs_w[i][1]).T),
+                                "bias": np.asarray(fcs_b[i][1])}
+    width = params["conv1_1"]["kernel"].shape[-1] / constants.BLOCK_CHANNELS[0]
+    facts = {"width": width, "input_size": side * 2 ** 5,
+             "num_classes": params["fc3"]["kernel"].shape[1]}
+    return {k: {n: v.astype(np.float32) for n, v in d.items()} for k, d in params.items()}, facts
+
+
+def load_state_dict(path: str) -> dict:
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # pickled modules or code: refused by weights_only
+        raise ImportError_(f"cannot load {path} as a tensors-only state dict "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if not isinstance(state, dict):
+        raise ImportError_(f"{path} holds a {type(state).__name__}, not a state dict")
+    return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+
+
+def write_checkpoint(out_dir: str, params: dict, facts: dict, variant: str,
+                     class_names: list[str]) -> None:
+    from deep_image.training.checkpoint import Checkpointer
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
+    if ckpt.latest_step() is not None:
+        raise ImportError_(f"{out_dir} already holds a checkpoint; choose a new OUT_DIR")
+    c = config_lib.base()
+    c.model.variant, c.model.width = variant, facts["width"]
+    c.data.source, c.data.train_split, c.data.val_split = "imagenet", "train", ""
+    c.data.eval_split = "validation"
+    c.data.crop = facts["input_size"]
+    c.data.scale = max(c.data.crop, constants.TRAIN_SCALES[0])
+    c.data.resize = "shorter_side"     # torchvision: shorter side 256, centre crop 224
+    ckpt.save(0, {"params": params}, meta={"class_names": class_names,
+                                           "num_classes": len(class_names),
+                                           "imported_from": "torchvision"}, wait=True)
+    ckpt.close()
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        f.write(c.to_json(indent=2))
+
+
+def main(argv):
+    if len(argv) != 3:
+        raise app.UsageError("usage: import_weights --variant=vgg16 IN.pth OUT_DIR")
+    src, out_dir = argv[1], argv[2]
+    if not FLAGS.variant:
+        raise app.UsageError("--variant is required (vgg16 or vgg19)")
+    try:
+        params, facts = convert_torchvision(load_state_dict(src), FLAGS.variant)
+        names = ([l.strip() for l in open(FLAGS.classes) if l.strip()] if FLAGS.classes
+                 else [f"class {i}" for i in range(facts["num_classes"])])
+        if len(names) != facts["num_classes"]:
+            raise ImportError_(f"{FLAGS.classes} names {len(names)} classes, the weights have "
+                               f"{facts['num_classes']}")
+        write_checkpoint(out_dir, params, facts, FLAGS.variant, names)
+    except (ImportError_, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    n = sum(v.size for d in params.values() for v in d.values())
+    print(f"wrote {out_dir}: {FLAGS.variant}, {n:,} parameters, {facts['num_classes']} classes, "
+          f"{facts['input_size']}px input; use --config.init_from={out_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

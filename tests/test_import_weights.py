@@ -1,0 +1,71 @@
+"""torchvision VGG weights -> our checkpoint: logits agree within 1e-4 on the same inputs."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from deep_image import constants
+from deep_image.training.checkpoint import Trained
+
+torch = pytest.importorskip("torch")
+
+
+def torchvision_layout_vgg(variant, width, num_classes, side):
+    """torchvision's VGG module layout (features / avgpool / classifier) in plain PyTorch, so
+    the state dict keys and shapes are torchvision's: features.0.weight, classifier.6.bias..."""
+    nn = torch.nn
+    layers, cin = [], 3
+    for b, n in enumerate(constants.CONVS_PER_BLOCK[variant]):
+        cout = int(round(constants.BLOCK_CHANNELS[b] * width))
+        for _ in range(n):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = cout
+        layers.append(nn.MaxPool2d(2, 2))
+    fc = int(round(constants.FC_WIDTH * width))
+    net = nn.Module()
+    net.features = nn.Sequential(*layers)
+    net.avgpool = nn.AdaptiveAvgPool2d((side, side))
+    net.classifier = nn.Sequential(nn.Linear(cin * side * side, fc), nn.ReLU(True), nn.Dropout(),
+                                   nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(),
+                                   nn.Linear(fc, num_classes))
+    net.forward = lambda x: net.classifier(torch.flatten(net.avgpool(net.features(x)), 1))
+    return net.eval()
+
+
+@pytest.mark.parametrize("variant", ["vgg16", "vgg19"])
+def test_imported_logits_match_pytorch(tmp_path, variant):
+    torch.manual_seed(0)
+    side = 2                                             # 64 px inputs -> 2x2 before FC1
+    net = torchvision_layout_vgg(variant, 1 / 8, 10, side)
+    for m in net.modules():                              # non-trivial biases too
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.normal_(m.bias, std=0.1)
+    pth = tmp_path / "vgg.pth"
+    torch.save(net.state_dict(), pth)
+    out = tmp_path / "imported"
+    proc = subprocess.run([sys.executable, "-m", "deep_image.tools.import_weights",
+                           "--from=torchvision", f"--variant={variant}", str(pth), str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = Trained(str(out))
+    assert run.model.input_size == 64 and len(run.class_names) == 10
+    x = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype(np.float32)
+    ours = np.asarray(run.model.apply(run.params, jnp.asarray(x)))
+    with torch.no_grad():
+        theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_refuses_pickled_objects(tmp_path):
+    pth = tmp_path / "model.pth"
+    torch.save(torch.nn.Linear(2, 2), pth)              # a whole module, not a state dict
+    proc = subprocess.run([sys.executable, "-m", "deep_image.tools.import_weights",
+                           "--variant=vgg16", str(pth), str(tmp_path / "out")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "tensors-only state dict" in proc.stderr
