@@ -74,8 +74,6 @@ class Trained:
     def __init__(self, workdir: str, config=None, step: int | None = None):
         import json
 
-        import ml_collections
-
         from deep_image import models
         from deep_image.data.errors import DataError
 
@@ -88,9 +86,11 @@ class Trained:
         if self.step is None:
             raise DataError(f"no complete checkpoint in {path}")
         meta = ckpt.meta(self.step)
-        if config is None:
+        if config is None:   # the run's config over today's defaults (keys added since)
+            from deep_image import config as config_lib
+            config = config_lib.base()
             with open(os.path.join(workdir, "config.json")) as f:
-                config = ml_collections.ConfigDict(json.load(f))
+                config.update(json.load(f))
         self.config = config
         self.class_names = list(meta["class_names"])
         self.model = models.build(config.model, len(self.class_names), config.data.crop)
