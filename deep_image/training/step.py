@@ -69,3 +69,50 @@ def make_eval_step(model, config, params_shardings, batch_sharding, out_sharding
     batch_shardings = {"image": batch_sharding, "label": batch_sharding, "mask": batch_sharding}
     return jax.jit(eval_step, in_shardings=(params_shardings, batch_shardings),
                    out_shardings=out_sharding)
+
+
+def make_butterfly_train_step(model, tx, config, mesh, state):
+    """The data-parallel step of §3.1 (parallel/butterfly.py): `state.params` and
+    `state.opt_state` are owned parts. Per device: gather the weights (lazy update), forward and
+    backward on 1/N of the batch, reduce-scatter the gradients (butterfly), update the own part.
+    Loss, metrics and dropout masks are those of the global batch on one device."""
+    from jax import lax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from deep_image.parallel import butterfly as bf
+
+    shapes = model.abstract_params
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    specs = bf.owned_specs(state)
+
+    def local(state, batch):
+        n, k = lax.axis_size(bf.AXIS), lax.axis_index(bf.AXIS)
+        images, labels = normalize(batch["image"], mean, std), batch["label"]
+        b = labels.shape[0]
+        total = b * n
+        params = bf.lazy_gather(state.params, shapes)
+        key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            logits = model.apply(params, images, train=True, dropout_key=key,
+                                 batch_slice=(k * b, total))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return loss.sum() / total, logits      # this device's share of the global mean
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        grads = bf.butterfly_sync(grads)
+        direction, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = state_lib.learning_rate(config, state)
+        parts = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+        hits = jnp.sum(jnp.argmax(logits, -1) == labels)
+        metrics = {"train/loss": lax.psum(loss, bf.AXIS),
+                   "train/accuracy": lax.psum(hits, bf.AXIS) / total, "train/lr": lr}
+        return state.replace(step=state.step + 1, params=parts, opt_state=opt_state), metrics
+
+    batch_spec = {"image": P(bf.AXIS), "label": P(bf.AXIS)}
+    step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()),
+                         check_vma=False)
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    return jax.jit(step, in_shardings=(shardings, jax.tree.map(
+        lambda s: NamedSharding(mesh, s), batch_spec)), out_shardings=(
+        shardings, NamedSharding(mesh, P())), donate_argnums=0), shardings
