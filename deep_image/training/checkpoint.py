@@ -11,6 +11,7 @@ import logging
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -50,9 +51,24 @@ class Checkpointer:
         return restored["state"], step
 
     def restore_params(self, step: int) -> dict:
-        """Only the model parameters of `step`, as saved (host arrays), for inference."""
-        raw = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        return raw["state"]["params"]
+        """Only the model parameters of `step` (host arrays) in their canonical shapes, also
+        when a data-parallel run saved them as owned parts (meta records their shapes)."""
+        # Read onto this process's first device whatever mesh wrote it (a 4-device run's
+        # checkpoint evaluates on one CPU).
+        path = os.path.join(self.directory, str(step), "state")
+        with ocp.StandardCheckpointer() as reader:
+            tree = reader.metadata(path).item_metadata
+            here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                                 sharding=here), tree)
+            params = reader.restore(path, target)["params"]
+        meta = self.meta(step) or {}
+        if meta.get("params_layout") == "owned_parts":
+            from deep_image.parallel.butterfly import from_parts
+            shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), "float32"),
+                                  meta["param_shapes"], is_leaf=lambda x: isinstance(x, list))
+            params = jax.device_get(from_parts(params, shapes))
+        return params
 
     def meta(self, step: int | None = None) -> dict | None:
         step = self._mgr.latest_step() if step is None else step

@@ -21,6 +21,7 @@ from deep_image import config as config_lib
 from deep_image import models
 from deep_image.data import pipeline, sources
 from deep_image.evaluation.metrics import ClassCounts
+from deep_image.parallel import butterfly
 from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import finetune
 from deep_image.training import state as state_lib
@@ -95,6 +96,20 @@ def evaluate(eval_step, params, data: pipeline.EvalData, put, num_classes: int) 
     return counts
 
 
+def _butterfly_setup(model, tx, config, mesh, state):
+    """The canonical state as owned parts, the §3.1 step, and parts -> whole weights."""
+    n = mesh.shape["data"]
+    to_parts = lambda s: s.replace(                                         # noqa: E731
+        params=butterfly.to_parts(s.params, n),
+        opt_state=tx.init(butterfly.to_parts(s.params, n)))
+    abstract = jax.eval_shape(to_parts, state)
+    train_step, shardings = step_lib.make_butterfly_train_step(model, tx, config, mesh, abstract)
+    state = jax.jit(to_parts, out_shardings=shardings)(state)
+    whole = jax.jit(lambda p: butterfly.from_parts(p, model.abstract_params),
+                    out_shardings=mesh_lib.replicated(mesh))
+    return state, shardings, train_step, whole
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains, evaluates and checkpoints; returns the last evaluation's metrics."""
     # ------------------------------------------------------------------ checks
@@ -138,24 +153,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # ------------------------------------------------------------------ checkpoint / resume
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
+    if ckpt.latest_step() is None and config.init_from:   # resume wins over init_from
+        state = finetune.warm_start(state, shardings.params, config.init_from)
+
+    # ------------------------------------------------------------------ parallelism and steps
+    butterfly = mesh.shape["data"] > 1
+    if butterfly:   # §3.1: owned parts, reduce-scatter + deferred all-gather (parallel/butterfly.py)
+        if mesh.shape["model"] > 1 or config.optimizer.grad_clip_norm > 0:
+            raise config_lib.ConfigError(
+                "data parallelism over several devices supports config.mesh with model=1 and "
+                "no config.optimizer.grad_clip_norm (model_data parallelism is not built yet)")
+        state, shardings, train_step, canonical = _butterfly_setup(model, tx, config, mesh,
+                                                                   state)
+    else:
+        train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
+                                              replicated)
+        canonical = lambda params: params   # noqa: E731
     restored, start = ckpt.restore(state_lib.abstract_with_shardings(shardings, state),
                                    train_iter)
     if restored is not None:
         state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, start)
-    elif config.init_from:      # resume wins: a preempted fine-tuning run continues itself
-        state = finetune.warm_start(state, shardings.params, config.init_from)
     start = int(jax.device_get(state.step))
     if is_main:
         _write_config(workdir, config)
     meta = {"class_names": class_names, "num_classes": num_classes,
-            "config": json.loads(config.to_json())}
-
-    # ------------------------------------------------------------------ steps
-    train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
-                                          replicated)
-    eval_step = step_lib.make_eval_step(model, config, shardings.params, batch_sharding,
-                                        replicated, num_classes)
+            "config": json.loads(config.to_json()),
+            "params_layout": "owned_parts" if butterfly else "canonical",
+            "param_shapes": jax.tree.map(lambda a: list(a.shape), model.abstract_params)}
+    eval_step = step_lib.make_eval_step(model, config, replicated, batch_sharding, replicated,
+                                        num_classes)
     update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),
                              in_shardings=(shardings, replicated), out_shardings=shardings,
                              donate_argnums=0)
@@ -166,10 +193,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     def run_eval(step: int) -> dict:
         t0 = time.perf_counter()
-        result = evaluate(eval_step, state.params, eval_data, put, num_classes)
+        params = canonical(state.params)
+        result = evaluate(eval_step, params, eval_data, put, num_classes)
         values = result.summary("eval")
         if config.data.val_split:
-            values.update(evaluate(eval_step, state.params, val_data, put,
+            values.update(evaluate(eval_step, params, val_data, put,
                                    num_classes).summary("val"))
         values["eval/seconds"] = time.perf_counter() - t0
         writer.write(step, values)
