@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deep_image import errors
+from deep_image.parallel import distributed
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                 lock_config=True)
@@ -30,6 +31,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    distributed.initialize()      # before anything touches a JAX backend
     from deep_image.training import loop
     config = flags.FLAGS.config
     with errors.one_line():

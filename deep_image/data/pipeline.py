@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import grain
 from absl import flags
@@ -67,12 +68,17 @@ def train_dataset(source, config, *, process_index: int = 0,
         if d.resize != "square":
             raise ValueError("config.data.cache needs config.data.resize='square'")
         source = ResizedCache(source, d.scale)
-    ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
-    ds = ds[process_index::process_count]
-    ds = ds.random_map(functools.partial(transforms.train_transform, scale=d.scale, crop=d.crop,
-                                         augment_config=augment.Settings.of(d.augment),
-                                         resize_mode=d.resize))
     local_batch = local_batch_size(config.batch_size, process_count)
+    # The global stream: shuffled per epoch, each position augmented from its own seed.
+    stream = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
+    stream = stream.random_map(functools.partial(
+        transforms.train_transform, scale=d.scale, crop=d.crop,
+        augment_config=augment.Settings.of(d.augment), resize_mode=d.resize))
+    # This process's rows of every global batch: rows p*b .. (p+1)*b - 1, so P processes
+    # assemble exactly the global batches (and augmentations) one process would see.
+    g = config.batch_size
+    ds = grain.MapDataset.range(sys.maxsize // g * local_batch).map(
+        lambda i: stream[(i // local_batch) * g + process_index * local_batch + i % local_batch])
     # Read threads work on single examples; buffer `prefetch` batches' worth of them.
     it = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=d.threads, prefetch_buffer_size=max(d.threads, d.prefetch * local_batch)))

@@ -1,0 +1,97 @@
+"""Two processes x two CPU devices on localhost (gloo collectives), started by launch/local.sh,
+train exactly like one process with four devices; a dead process makes the other exit with an
+error instead of hanging. (Reduce-scatter over gloo has returned wrong values before, jax issue
+40830: the parameter comparison would catch that.)"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO, TINY
+
+STEPS = 10
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices, **extra):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "DEVICES_PER_PROCESS": str(devices),
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
+
+
+def _params(workdir):
+    path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+    with ocp.StandardCheckpointer() as r:
+        tree = r.metadata(path).item_metadata
+        import jax
+        here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                              tree)
+        return r.restore(path, target)["params"]
+
+
+def _losses(workdir):
+    return [json.loads(l)["train/loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+            if "train/loss" in l]
+
+
+ARGS = [f"--config.total_steps={STEPS}", f"--config.eval_every_steps={STEPS}",
+        f"--config.checkpoint_every_steps={STEPS}"]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    single = subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
+                             f"--workdir={tmp_path / 'single'}", *ARGS], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=_env(4))
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = subprocess.run(["bash", "launch/local.sh", TINY, str(tmp_path / "multi"), *ARGS],
+                           cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=_env(2, PROCESSES="2", COORDINATOR_PORT=str(_free_port())))
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    assert "process 1 of 2, 2 local / 4 global devices" in multi.stderr
+    np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"),
+                               rtol=1e-5)
+    a, b = _params(tmp_path / "single"), _params(tmp_path / "multi")
+    for layer in a:
+        for name in a[layer]:
+            np.testing.assert_allclose(b[layer][name], a[layer][name], atol=1e-5,
+                                       err_msg=f"{layer}/{name}")
+
+
+def test_a_dead_process_stops_the_other(tmp_path):
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "deep_image.train", f"--config={TINY}",
+         f"--workdir={tmp_path / 'w'}", "--distributed", f"--coordinator=127.0.0.1:{port}",
+         "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=5",
+         "--config.total_steps=100000", "--config.eval_every_steps=100000",
+         "--config.checkpoint_every_steps=100000"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(2))
+        for i in range(2)]
+    metrics = tmp_path / "w" / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.exists() and metrics.read_text().count("train/loss") >= 2):
+        assert time.time() - t0 < 240 and all(p.poll() is None for p in procs), \
+            procs[0].stderr.read()[-3000:] if procs[0].poll() is not None else "timeout"
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    t_kill = time.time()
+    try:
+        _, err = procs[0].communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail("the surviving process hung for 120 s after its peer died")
+    assert procs[0].returncode != 0
+    assert time.time() - t_kill < 120
