@@ -109,8 +109,11 @@ def base() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.progress_bar = True
 
-    # Mesh and sharding (the SPMD issue fills these in): axis name -> size, -1 takes the rest.
+    # Parallelism over the mesh (§3): axis name -> size, -1 takes the rest. With more than one
+    # `data` device: "data" = butterfly synchronization + lazy update (§3.1); "model_data" =
+    # conv layers as "data", FC weights divided evenly among the devices (§3.2).
     c.mesh = (("data", -1), ("model", 1))
+    c.parallelism = "data"
     return c
 
 
@@ -157,6 +160,8 @@ def check(config: ml_collections.ConfigDict) -> None:
          "need crops of at least 32 pixels")
     need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
          "config.data.mean and config.data.std need three values (RGB), std > 0")
+    need(config.parallelism in ("data", "model_data"),
+         f"config.parallelism={config.parallelism!r}; choose data or model_data")
     need(config.finetune in FINETUNE_MODES,
          f"config.finetune={config.finetune!r}; choose one of {', '.join(FINETUNE_MODES)}")
     need(config.finetune == "all" or config.init_from,

@@ -45,27 +45,36 @@ def main():
 
     # N devices: same initial weights, as owned parts.
     mesh = mesh_lib.make_mesh((("data", -1), ("model", 1)))
-    parts = bf.to_parts(init_params, n)
+    model_data = len(sys.argv) > 1 and sys.argv[1] == "model_data"
+    parts = (bf.to_model_data(init_params, n) if model_data else bf.to_parts(init_params, n))
     pstate = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=parts,
                                   opt_state=tx.init(parts), plateau=plateau.init(parts),
                                   rng=jax.device_get(state.rng))
-    step, shardings = step_lib.make_butterfly_train_step(model, tx, config, mesh, pstate)
+    make = (step_lib.make_model_data_train_step if model_data
+            else step_lib.make_butterfly_train_step)
+    step, shardings = make(model, tx, config, mesh, pstate)
     pstate = jax.device_put(pstate, shardings)
     hlo = step.lower(pstate, batches[0]).compile().as_text()
     losses, diffs = [], []
     for i, b in enumerate(batches):
         pstate, m = step(pstate, b)
         losses.append(float(m["train/loss"]))
-        got = bf.from_parts(jax.device_get(pstate.params), model.abstract_params)
+        host = jax.device_get(pstate.params)
+        got = (bf.from_model_data(host, model.abstract_params) if model_data
+               else bf.from_parts(host, model.abstract_params))
         diffs.append(max(float(np.max(np.abs(a - r))) for a, r in
                          zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))))
     shard_sizes = {str(len(x.addressable_shards)): x.addressable_shards[0].data.shape[0]
                    for x in jax.tree.leaves(pstate.params)[:1]}
+    fc_shards = {f"{layer}/{name}": [list(x.shape), list(x.addressable_shards[0].data.shape)]
+                 for layer, leaves in pstate.params.items() for name, x in leaves.items()
+                 if layer.startswith("fc") or layer == "conv1_1"}
     all_reduce_shapes = re.findall(r"= (\S+) all-reduce\(", hlo)
     print(json.dumps({
         "devices": n, "ref_losses": ref_losses, "losses": losses, "max_param_diff": diffs,
         "reduce_scatter": hlo.count("reduce-scatter("), "all_gather": hlo.count("all-gather("),
         "all_reduce_shapes": all_reduce_shapes, "shard_sizes": shard_sizes,
+        "shards": fc_shards,
     }))
 
 

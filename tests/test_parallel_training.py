@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO, TINY
 
@@ -20,13 +21,15 @@ def _train(workdir, *extra):
                           text=True, timeout=300, env=ENV)
 
 
-def test_four_device_run_matches_one_device_and_evaluates(tmp_path):
+@pytest.mark.parametrize("parallelism", ["data", "model_data"])
+def test_four_device_run_matches_one_device_and_evaluates(tmp_path, parallelism):
     one = subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
                           f"--workdir={tmp_path / 'one'}", "--config.total_steps=20",
                           "--config.eval_every_steps=20"], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert one.returncode == 0, one.stderr[-3000:]
-    four = _train(tmp_path / "four", "--config.total_steps=20", "--config.eval_every_steps=20")
+    four = _train(tmp_path / "four", "--config.total_steps=20", "--config.eval_every_steps=20",
+                  f"--config.parallelism={parallelism}")
     assert four.returncode == 0, four.stderr[-3000:]
     rec = [[json.loads(l) for l in open(tmp_path / w / "metrics.jsonl") if "train/loss" in l]
            for w in ("one", "four")]

@@ -68,3 +68,39 @@ def owned_specs(state):
         owned = "params" in names or "opt_state" in names
         return P(AXIS) if owned and getattr(leaf, "ndim", 0) == 1 else P()
     return jax.tree_util.tree_map_with_path(spec, state)
+
+
+# ----------------------------------------------------------------------------- model-data (§3.2)
+# Conv layers stay data-parallel (owned parts, butterfly). FC weights are divided evenly among
+# the devices: FC1 by output columns, FC2 and FC3 by input rows (so FC1's column slice feeds
+# FC2 directly, and FC2/FC3 outputs are summed across devices). Each device computes its slice
+# of every FC layer for the whole global batch, so FC gradients need no synchronization at all.
+FC_SPECS = {
+    ("fc1", "kernel"): P(None, AXIS), ("fc1", "bias"): P(AXIS),
+    ("fc2", "kernel"): P(AXIS, None), ("fc2", "bias"): P(),
+    ("fc3", "kernel"): P(AXIS, None), ("fc3", "bias"): P(),
+}
+
+
+def model_data_specs(state):
+    """Conv leaves of params/opt_state: owned parts P(data); FC leaves: FC_SPECS; rest P()."""
+    def spec(path, leaf):
+        names = [str(getattr(k, "name", getattr(k, "key", ""))) for k in path]
+        if ("params" in names or "opt_state" in names) and len(names) >= 2:
+            layer, name = names[-2], names[-1]
+            if layer.startswith("conv") and getattr(leaf, "ndim", 0) == 1:
+                return P(AXIS)
+            if (layer, name) in FC_SPECS:
+                return FC_SPECS[(layer, name)]
+        return P()
+    return jax.tree_util.tree_map_with_path(spec, state)
+
+
+def to_model_data(params, n: int):
+    """Canonical params -> conv layers as owned parts, FC layers unchanged (sharded by specs)."""
+    return {k: (to_parts(v, n) if k.startswith("conv") else v) for k, v in params.items()}
+
+
+def from_model_data(params, shapes):
+    return {k: (from_parts(v, shapes[k]) if k.startswith("conv") else v)
+            for k, v in params.items()}

@@ -63,11 +63,14 @@ class Checkpointer:
                                                                  sharding=here), tree)
             params = reader.restore(path, target)["params"]
         meta = self.meta(step) or {}
-        if meta.get("params_layout") == "owned_parts":
-            from deep_image.parallel.butterfly import from_parts
+        layout = meta.get("params_layout", "canonical")
+        if layout != "canonical":
+            from deep_image.parallel import butterfly
             shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), "float32"),
                                   meta["param_shapes"], is_leaf=lambda x: isinstance(x, list))
-            params = jax.device_get(from_parts(params, shapes))
+            whole = (butterfly.from_parts if layout == "owned_parts"
+                     else butterfly.from_model_data)
+            params = jax.device_get(whole(params, shapes))
         return params
 
     def meta(self, step: int | None = None) -> dict | None:

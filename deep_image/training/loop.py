@@ -7,6 +7,7 @@ before preemption, and Ctrl-C) finishes the current step, saves a checkpoint and
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -96,17 +97,29 @@ def evaluate(eval_step, params, data: pipeline.EvalData, put, num_classes: int) 
     return counts
 
 
-def _butterfly_setup(model, tx, config, mesh, state):
-    """The canonical state as owned parts, the §3.1 step, and parts -> whole weights."""
+def _parallel_setup(model, tx, config, mesh, state, layout: str):
+    """The canonical state in the parallel layout, its train step, and layout -> whole weights."""
     n = mesh.shape["data"]
-    to_parts = lambda s: s.replace(                                         # noqa: E731
-        params=butterfly.to_parts(s.params, n),
-        opt_state=tx.init(butterfly.to_parts(s.params, n)))
-    abstract = jax.eval_shape(to_parts, state)
-    train_step, shardings = step_lib.make_butterfly_train_step(model, tx, config, mesh, abstract)
-    state = jax.jit(to_parts, out_shardings=shardings)(state)
-    whole = jax.jit(lambda p: butterfly.from_parts(p, model.abstract_params),
-                    out_shardings=mesh_lib.replicated(mesh))
+    if layout == "model_data":
+        fc = model.abstract_params["fc2"]["kernel"].shape[0]
+        if fc % n:
+            raise config_lib.ConfigError(f"model_data splits the FC width {fc} over {n} devices; "
+                                         "choose a model.width that makes it divisible")
+        split = functools.partial(butterfly.to_model_data, n=n)
+        whole_fn = functools.partial(butterfly.from_model_data, shapes=model.abstract_params)
+        make = step_lib.make_model_data_train_step
+    else:
+        split = functools.partial(butterfly.to_parts, n=n)
+        whole_fn = functools.partial(butterfly.from_parts, shapes=model.abstract_params)
+        make = step_lib.make_butterfly_train_step
+
+    def convert(s):
+        parts = split(s.params)
+        return s.replace(params=parts, opt_state=tx.init(parts))
+
+    train_step, shardings = make(model, tx, config, mesh, jax.eval_shape(convert, state))
+    state = jax.jit(convert, out_shardings=shardings)(state)
+    whole = jax.jit(whole_fn, out_shardings=mesh_lib.replicated(mesh))
     return state, shardings, train_step, whole
 
 
@@ -157,14 +170,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = finetune.warm_start(state, shardings.params, config.init_from)
 
     # ------------------------------------------------------------------ parallelism and steps
-    butterfly = mesh.shape["data"] > 1
-    if butterfly:   # §3.1: owned parts, reduce-scatter + deferred all-gather (parallel/butterfly.py)
+    layout = "canonical"
+    if mesh.shape["data"] > 1:   # §3.1 / §3.2 (parallel/butterfly.py)
         if mesh.shape["model"] > 1 or config.optimizer.grad_clip_norm > 0:
             raise config_lib.ConfigError(
-                "data parallelism over several devices supports config.mesh with model=1 and "
-                "no config.optimizer.grad_clip_norm (model_data parallelism is not built yet)")
-        state, shardings, train_step, canonical = _butterfly_setup(model, tx, config, mesh,
-                                                                   state)
+                "parallelism over several devices supports config.mesh with model=1 (the "
+                "model_data mode splits FC layers over the data devices) and no "
+                "config.optimizer.grad_clip_norm")
+        layout = "owned_parts" if config.parallelism == "data" else "model_data"
+        state, shardings, train_step, canonical = _parallel_setup(model, tx, config, mesh,
+                                                                  state, layout)
     else:
         train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
                                               replicated)
@@ -179,7 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _write_config(workdir, config)
     meta = {"class_names": class_names, "num_classes": num_classes,
             "config": json.loads(config.to_json()),
-            "params_layout": "owned_parts" if butterfly else "canonical",
+            "params_layout": layout,
             "param_shapes": jax.tree.map(lambda a: list(a.shape), model.abstract_params)}
     eval_step = step_lib.make_eval_step(model, config, replicated, batch_sharding, replicated,
                                         num_classes)

@@ -116,3 +116,74 @@ def make_butterfly_train_step(model, tx, config, mesh, state):
     return jax.jit(step, in_shardings=(shardings, jax.tree.map(
         lambda s: NamedSharding(mesh, s), batch_spec)), out_shardings=(
         shardings, NamedSharding(mesh, P())), donate_argnums=0), shardings
+
+
+def make_model_data_train_step(model, tx, config, mesh, state):
+    """The model-data parallel step of §3.2 (parallel/butterfly.py FC_SPECS). Per device: conv
+    layers on 1/N of the batch with gathered weights; the conv features of the whole batch
+    gathered; this device's slice of FC1 (columns), FC2 and FC3 (rows, outputs summed over
+    devices) on the whole batch; conv gradients reduce-scattered (butterfly), FC gradients
+    used where they are computed. Same loss, dropout and updates as one device."""
+    from jax import lax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from deep_image.parallel import butterfly as bf
+
+    shapes = model.abstract_params
+    conv_shapes = {k: v for k, v in shapes.items() if k.startswith("conv")}
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    rate = config.model.dropout_rate
+    specs = bf.model_data_specs(state)
+
+    def local(state, batch):
+        n, k = lax.axis_size(bf.AXIS), lax.axis_index(bf.AXIS)
+        images, labels = normalize(batch["image"], mean, std), batch["label"]
+        b = labels.shape[0]
+        total = b * n
+        all_labels = lax.all_gather(labels, bf.AXIS, tiled=True, to="invarying")
+        key1, key2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+        def dropout(x, key, cols):          # the global batch's mask, this device's columns
+            keep = 1.0 - rate
+            if rate == 0.0:
+                return x
+            mask = jax.random.bernoulli(key, p=keep, shape=(total, cols * n))
+            mask = lax.dynamic_slice_in_dim(mask, k * cols, cols, axis=1)
+            return lax.select(mask, x / keep, jnp.zeros_like(x))
+
+        def loss_fn(params):
+            conv = bf.lazy_gather({c: params[c] for c in conv_shapes}, conv_shapes)
+            module = model.module({**conv, **{f: shapes[f] for f in ("fc1", "fc2", "fc3")}})
+            x = module.features(images)
+            x = lax.all_gather(x.reshape(b, -1), bf.AXIS, tiled=True)       # (total, in)
+            dt = x.dtype
+            fc1, fc2, fc3 = params["fc1"], params["fc2"], params["fc3"]
+            h1 = jax.nn.relu(x @ fc1["kernel"].astype(dt) + fc1["bias"].astype(dt))
+            h1 = dropout(h1, key1, h1.shape[1])                             # (total, F/N)
+            h2 = lax.psum(h1 @ fc2["kernel"].astype(dt), bf.AXIS) + fc2["bias"].astype(dt)
+            cols = fc3["kernel"].shape[0]
+            h2 = lax.dynamic_slice_in_dim(jax.nn.relu(h2), k * cols, cols, axis=1)
+            h2 = dropout(h2, key2, cols)                                    # (total, F/N)
+            logits = lax.psum(h2 @ fc3["kernel"].astype(dt), bf.AXIS) + fc3["bias"].astype(dt)
+            logits = logits.astype(jnp.float32)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, all_labels).mean()
+            return loss, logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # The conv weights were gathered inside loss_fn, so their gradient arrives summed over
+        # devices onto the owned parts (the all-gather's transpose); FC slices' gradients are
+        # complete where they are computed.
+        direction, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = state_lib.learning_rate(config, state)
+        params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+        metrics = {"train/loss": loss,
+                   "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == all_labels),
+                   "train/lr": lr}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    batch_spec = {"image": P(bf.AXIS), "label": P(bf.AXIS)}
+    step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()))
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    return jax.jit(step, in_shardings=(shardings, jax.tree.map(
+        lambda s: NamedSharding(mesh, s), batch_spec)), out_shardings=(
+        shardings, NamedSharding(mesh, P())), donate_argnums=0), shardings
