@@ -9,39 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from deep_image import constants
+from deep_image.tools.torch_vgg import torchvision_layout_vgg
 from deep_image.training.checkpoint import Trained
 
 torch = pytest.importorskip("torch")
-
-
-def torchvision_layout_vgg(variant, width, num_classes, side):
-    """torchvision's VGG module layout (features / avgpool / classifier) in plain PyTorch, so
-    the state dict keys and shapes are torchvision's: features.0.weight, classifier.6.bias..."""
-    nn = torch.nn
-    layers, cin = [], 3
-    for b, n in enumerate(constants.CONVS_PER_BLOCK[variant]):
-        cout = int(round(constants.BLOCK_CHANNELS[b] * width))
-        for _ in range(n):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
-            cin = cout
-        layers.append(nn.MaxPool2d(2, 2))
-    fc = int(round(constants.FC_WIDTH * width))
-    net = nn.Module()
-    net.features = nn.Sequential(*layers)
-    net.avgpool = nn.AdaptiveAvgPool2d((side, side))
-    net.classifier = nn.Sequential(nn.Linear(cin * side * side, fc), nn.ReLU(True), nn.Dropout(),
-                                   nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(),
-                                   nn.Linear(fc, num_classes))
-    net.forward = lambda x: net.classifier(torch.flatten(net.avgpool(net.features(x)), 1))
-    return net.eval()
 
 
 @pytest.mark.parametrize("variant", ["vgg16", "vgg19"])
 def test_imported_logits_match_pytorch(tmp_path, variant):
     torch.manual_seed(0)
     side = 2                                             # 64 px inputs -> 2x2 before FC1
-    net = torchvision_layout_vgg(variant, 1 / 8, 10, side)
+    net = torchvision_layout_vgg(variant, 1 / 8, 10, side).eval()
     for m in net.modules():                              # non-trivial biases too
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.normal_(m.bias, std=0.1)

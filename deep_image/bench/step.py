@@ -1,0 +1,184 @@
+"""Training throughput and model FLOP utilization on whatever devices JAX sees.
+
+    python -m deep_image.bench.step [--variant=vgg16] [--width=1] [--crop=224] [--batch=64]
+        [--dtype=bfloat16] [--steps=20] [--peak_tflops=989] [--json=PATH]
+
+Times the real train step (the configured parallelism over all devices: butterfly data
+parallelism when there are several) with (a) one synthetic batch already on the devices, to
+isolate the model, and (b) batches from the real Grain pipeline (SynthBirds rendered at the
+crop size), to show whether input is the bottleneck. FLOPs come from the model: 2 x multiply-
+adds forward, x3 for forward + backward (VGG-16 at 224: 15.47 G multiply-adds, ~92.8 GFLOP per
+trained image). Where PyTorch is installed, the same network (torchvision's layout, SGD with
+momentum, channels_last) is timed on the CPU in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from deep_image import config as config_lib
+from deep_image import constants, models
+from deep_image.models import vgg
+
+flags.DEFINE_enum("variant", "vgg16", list(constants.CONVS_PER_BLOCK), "Model.")
+flags.DEFINE_float("width", 1.0, "Width multiplier.")
+flags.DEFINE_integer("crop", 224, "Input size.")
+flags.DEFINE_integer("batch", 64, "Global batch.")
+flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
+flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of one device for MFU (0: known "
+                   "table for GPUs, none for CPUs).")
+flags.DEFINE_bool("pipeline", True, "Also time with the real input pipeline.")
+flags.DEFINE_bool("torch", True, "Also time PyTorch on the CPU when it is installed.")
+flags.DEFINE_string("json", None, "Write the results here.")
+FLAGS = flags.FLAGS
+
+PEAK_TFLOPS = {("H100", "bfloat16"): 989.0, ("H100", "float32"): 67.0,
+               ("H200", "bfloat16"): 989.0, ("A100", "bfloat16"): 312.0}
+
+
+def multiply_adds(variant: str, width: float, size: int, num_classes: int) -> int:
+    """Forward multiply-adds of one image."""
+    total, cin, side = 0, 3, size
+    for b, n in enumerate(constants.CONVS_PER_BLOCK[variant]):
+        cout = vgg.scaled(constants.BLOCK_CHANNELS[b], width)
+        for _ in range(n):
+            total += side * side * 9 * cin * cout
+            cin = cout
+        side //= 2
+    fc = vgg.scaled(constants.FC_WIDTH, width)
+    return total + side * side * cin * fc + fc * fc + fc * num_classes
+
+
+def _config():
+    c = config_lib.base()
+    c.model.variant, c.model.width, c.model.dtype = FLAGS.variant, FLAGS.width, FLAGS.dtype
+    c.data.scale = c.data.crop = FLAGS.crop
+    c.data.synthetic.native_size = FLAGS.crop
+    c.data.threads = 8
+    c.batch_size = FLAGS.batch
+    return c
+
+
+def _time(step_fn, state, batches, steps):
+    for b in batches(3):
+        state, m = step_fn(state, b)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for b in batches(steps):
+        state, m = step_fn(state, b)
+    jax.block_until_ready(m)
+    return state, (time.perf_counter() - t0) / steps
+
+
+def _torch_rate(num_classes):
+    try:
+        import torch
+    except ImportError:
+        return None
+    from deep_image.tools.torch_vgg import torchvision_layout_vgg
+    net = torchvision_layout_vgg(FLAGS.variant, FLAGS.width, num_classes,
+                                 vgg.fc_input_side(FLAGS.crop)).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(FLAGS.batch, 3, FLAGS.crop, FLAGS.crop).to(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (FLAGS.batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        step()
+    return FLAGS.batch * FLAGS.steps / (time.perf_counter() - t0)
+
+
+def main(argv):
+    del argv
+    from deep_image.data import pipeline, sources
+    from deep_image.parallel import mesh as mesh_lib
+    from deep_image.training import loop
+    from deep_image.training import state as state_lib
+    from deep_image.training import step as step_lib
+
+    c = _config()
+    source = sources.get_source(c.data, "train")
+    num_classes = len(source.class_names)
+    mesh = mesh_lib.make_mesh(c.mesh)
+    model = models.build(c.model, num_classes, c.data.crop)
+    tx, plateau = state_lib.make_optimizer(c.optimizer), state_lib.make_plateau(c.schedule)
+    state, shardings = state_lib.create(model, tx, plateau, c, mesh, ())
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    if mesh.shape["data"] > 1:
+        state, shardings, step_fn, _ = loop._parallel_setup(model, tx, c, mesh, state,
+                                                            "owned_parts")
+    else:
+        step_fn = step_lib.make_train_step(model, tx, c, shardings, batch_sharding,
+                                           mesh_lib.replicated(mesh))
+    rng = np.random.default_rng(0)
+    fixed = {"image": jax.device_put(rng.integers(0, 256, (c.batch_size, c.data.crop,
+                                                            c.data.crop, 3), dtype=np.uint8),
+                                     batch_sharding),
+             "label": jax.device_put(rng.integers(0, num_classes, c.batch_size)
+                                     .astype(np.int32), batch_sharding)}
+    state, t_model = _time(step_fn, state, lambda n: [fixed] * n, FLAGS.steps)
+
+    flops_per_image = 6 * multiply_adds(c.model.variant, c.model.width, c.data.crop,
+                                        num_classes)
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    peak = FLAGS.peak_tflops or next((v for (k, d), v in PEAK_TFLOPS.items()
+                                      if k in kind and d == c.model.dtype), 0.0)
+    result = {"device": kind, "devices": len(devices), "variant": c.model.variant,
+              "width": c.model.width, "crop": c.data.crop, "batch": c.batch_size,
+              "dtype": c.model.dtype, "gflop_per_image": flops_per_image / 1e9,
+              "images_per_second_on_device": c.batch_size / t_model}
+    achieved = flops_per_image * result["images_per_second_on_device"]
+    result["achieved_tflops"] = achieved / 1e12
+    if peak:
+        result["mfu"] = achieved / (peak * 1e12 * len(devices))
+    if FLAGS.pipeline:
+        it = iter(pipeline.train_dataset(source, c))
+
+        def real(n):
+            for _ in range(n):
+                b = next(it)
+                yield {k: jax.make_array_from_process_local_data(batch_sharding, v)
+                       for k, v in b.items()}
+        state, t_real = _time(step_fn, state, real, FLAGS.steps)
+        result["images_per_second_with_pipeline"] = c.batch_size / t_real
+    if FLAGS.torch and devices[0].platform == "cpu":
+        rate = _torch_rate(num_classes)
+        if rate:
+            result["torch_cpu_images_per_second"] = rate
+            result["jax_over_torch"] = result["images_per_second_on_device"] / rate
+
+    print(f"{c.model.variant} x{c.model.width:g} at {c.data.crop}px, batch {c.batch_size}, "
+          f"{c.model.dtype}, {len(devices)} x {kind}")
+    print(f"  {'model GFLOP per trained image':<40}{result['gflop_per_image']:.2f}")
+    print(f"  {'images/s, batch on device':<40}{result['images_per_second_on_device']:.1f}")
+    print(f"  {'achieved TFLOP/s':<40}{result['achieved_tflops']:.3f}")
+    if "mfu" in result:
+        print(f"  {'MFU':<40}{100 * result['mfu']:.1f}%")
+    if "images_per_second_with_pipeline" in result:
+        print(f"  {'images/s, real input pipeline':<40}"
+              f"{result['images_per_second_with_pipeline']:.1f}")
+    if "torch_cpu_images_per_second" in result:
+        print(f"  {'PyTorch CPU images/s (same net)':<40}"
+              f"{result['torch_cpu_images_per_second']:.1f}  "
+              f"(JAX / PyTorch = {result['jax_over_torch']:.2f})")
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
