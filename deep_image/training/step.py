@@ -77,7 +77,6 @@ def make_butterfly_train_step(model, tx, config, mesh, state):
     backward on 1/N of the batch, reduce-scatter the gradients (butterfly), update the own part.
     Loss, metrics and dropout masks are those of the global batch on one device."""
     from jax import lax
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from deep_image.parallel import butterfly as bf
 
@@ -109,13 +108,8 @@ def make_butterfly_train_step(model, tx, config, mesh, state):
                    "train/accuracy": lax.psum(hits, bf.AXIS) / total, "train/lr": lr}
         return state.replace(step=state.step + 1, params=parts, opt_state=opt_state), metrics
 
-    batch_spec = {"image": P(bf.AXIS), "label": P(bf.AXIS)}
-    step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()),
-                         check_vma=False)
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    return jax.jit(step, in_shardings=(shardings, jax.tree.map(
-        lambda s: NamedSharding(mesh, s), batch_spec)), out_shardings=(
-        shardings, NamedSharding(mesh, P())), donate_argnums=0), shardings
+    # Explicit collectives only: the butterfly's psum_scatter is the one gradient reduction.
+    return _compile(local, mesh, specs, check_vma=False)
 
 
 def make_model_data_train_step(model, tx, config, mesh, state):
@@ -125,7 +119,6 @@ def make_model_data_train_step(model, tx, config, mesh, state):
     devices) on the whole batch; conv gradients reduce-scattered (butterfly), FC gradients
     used where they are computed. Same loss, dropout and updates as one device."""
     from jax import lax
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from deep_image.parallel import butterfly as bf
 
@@ -181,9 +174,22 @@ def make_model_data_train_step(model, tx, config, mesh, state):
                    "train/lr": lr}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    batch_spec = {"image": P(bf.AXIS), "label": P(bf.AXIS)}
-    step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()))
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    return jax.jit(step, in_shardings=(shardings, jax.tree.map(
-        lambda s: NamedSharding(mesh, s), batch_spec)), out_shardings=(
-        shardings, NamedSharding(mesh, P())), donate_argnums=0), shardings
+    # check_vma: the psums of FC outputs then transpose correctly (to a broadcast, not a sum).
+    return _compile(local, mesh, specs, check_vma=True)
+
+
+def _compile(local, mesh, specs, *, check_vma: bool):
+    """jit(shard_map(local)) over the data axis: state in `specs`, batch split by rows,
+    metrics replicated; the state donated. Returns (step, state shardings)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from deep_image.parallel.butterfly import AXIS
+
+    batch_spec = {"image": P(AXIS), "label": P(AXIS)}
+    step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()),
+                         check_vma=check_vma)
+    named = lambda tree: jax.tree.map(lambda s: NamedSharding(mesh, s), tree)   # noqa: E731
+    shardings = named(specs)
+    return jax.jit(step, in_shardings=(shardings, named(batch_spec)),
+                   out_shardings=(shardings, NamedSharding(mesh, P())),
+                   donate_argnums=0), shardings
