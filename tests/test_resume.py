@@ -78,7 +78,7 @@ def test_sigterm_saves_and_resume_is_exact(uninterrupted, tmp_path):
 
     resumed = run_train(workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stderr
     _assert_same(_final_state(uninterrupted), _final_state(workdir))
     # Each step is in the metrics file once, in order (the stop adds its own record).
     steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl") if "train/loss" in l]

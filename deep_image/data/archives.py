@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 
 from deep_image.data import decode
 from deep_image.data.errors import DataError

@@ -13,7 +13,6 @@ torchvision's mean/std normalization, which is also our default).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,8 +30,8 @@ flags.DEFINE_string("classes", None, "Optional file with one class name per line
 FLAGS = flags.FLAGS
 
 
-class ImportError_(ValueError):
-    pass
+class WeightImportError(ValueError):
+    """Weights that cannot be converted: the message says why."""
 
 
 def _indexed(state: dict, prefix: str, suffix: str) -> list[tuple[int, np.ndarray]]:
@@ -49,7 +48,7 @@ def convert_torchvision(state: dict, variant: str) -> tuple[dict, dict]:
     names = [f"conv{b + 1}_{i + 1}" for b, n in enumerate(constants.CONVS_PER_BLOCK[variant])
              for i in range(n)]
     if len(convs_w) != len(names) or len(fcs_w) != 3:
-        raise ImportError_(f"the state dict has {len(convs_w)} conv and {len(fcs_w)} FC layers; "
+        raise WeightImportError(f"the state dict has {len(convs_w)} conv and {len(fcs_w)} FC layers; "
                            f"{variant} has {len(names)} and 3 (is it torchvision's "
                            f"{variant}, without batch norm?)")
     params = {}
@@ -60,7 +59,7 @@ def convert_torchvision(state: dict, variant: str) -> tuple[dict, dict]:
     w1 = np.asarray(fcs_w[0][1])
     side = math.isqrt(w1.shape[1] // channels)
     if side * side * channels != w1.shape[1]:
-        raise ImportError_(f"FC1 takes {w1.shape[1]} inputs, not a square map of {channels} "
+        raise WeightImportError(f"FC1 takes {w1.shape[1]} inputs, not a square map of {channels} "
                            "channels")
     k1 = w1.reshape(-1, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, w1.shape[0])
     params["fc1"] = {"kernel": np.ascontiguousarray(k1), "bias": np.asarray(fcs_b[0][1])}
@@ -78,10 +77,10 @@ def load_state_dict(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # pickled modules or code: refused by weights_only
-        raise ImportError_(f"cannot load {path} as a tensors-only state dict "
+        raise WeightImportError(f"cannot load {path} as a tensors-only state dict "
                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     if not isinstance(state, dict):
-        raise ImportError_(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise WeightImportError(f"{path} holds a {type(state).__name__}, not a state dict")
     return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
 
@@ -90,7 +89,7 @@ def write_checkpoint(out_dir: str, params: dict, facts: dict, variant: str,
     from deep_image.training.checkpoint import Checkpointer
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
     if ckpt.latest_step() is not None:
-        raise ImportError_(f"{out_dir} already holds a checkpoint; choose a new OUT_DIR")
+        raise WeightImportError(f"{out_dir} already holds a checkpoint; choose a new OUT_DIR")
     c = config_lib.base()
     c.model.variant, c.model.width = variant, facts["width"]
     c.data.source, c.data.train_split, c.data.val_split = "imagenet", "train", ""
@@ -117,10 +116,10 @@ def main(argv):
         names = ([l.strip() for l in open(FLAGS.classes) if l.strip()] if FLAGS.classes
                  else [f"class {i}" for i in range(facts["num_classes"])])
         if len(names) != facts["num_classes"]:
-            raise ImportError_(f"{FLAGS.classes} names {len(names)} classes, the weights have "
+            raise WeightImportError(f"{FLAGS.classes} names {len(names)} classes, the weights have "
                                f"{facts['num_classes']}")
         write_checkpoint(out_dir, params, facts, FLAGS.variant, names)
-    except (ImportError_, OSError) as e:
+    except (WeightImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     n = sum(v.size for d in params.values() for v in d.values())
