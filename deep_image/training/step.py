@@ -15,6 +15,15 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def apply_update(tx, config, state: state_lib.TrainState, grads):
+    """The §5.1 update, shared by every layout: direction (weight decay + momentum) from optax,
+    times -lr (warm-up x plateau scale). Returns (new state, lr)."""
+    direction, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = state_lib.learning_rate(config, state)
+    params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), lr
+
+
 def make_train_step(model, tx, config, state_shardings, batch_sharding, out_sharding):
     mean, std = tuple(config.data.mean), tuple(config.data.std)
 
@@ -29,15 +38,13 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
             return loss, logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        direction, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = state_lib.learning_rate(config, state)
-        params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+        state, lr = apply_update(tx, config, state, grads)
         metrics = {
             "train/loss": loss,
             "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
             "train/lr": lr,
         }
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state, metrics
 
     return jax.jit(train_step,
                    in_shardings=(state_shardings, {"image": batch_sharding,
@@ -99,14 +106,12 @@ def make_butterfly_train_step(model, tx, config, mesh, state):
             return loss.sum() / total, logits      # this device's share of the global mean
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        grads = bf.butterfly_sync(grads)
-        direction, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = state_lib.learning_rate(config, state)
-        parts = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+        # the optimizer then updates this device's parts only (lazy update)
+        state, lr = apply_update(tx, config, state, bf.butterfly_sync(grads))
         hits = jnp.sum(jnp.argmax(logits, -1) == labels)
         metrics = {"train/loss": lax.psum(loss, bf.AXIS),
                    "train/accuracy": lax.psum(hits, bf.AXIS) / total, "train/lr": lr}
-        return state.replace(step=state.step + 1, params=parts, opt_state=opt_state), metrics
+        return state, metrics
 
     # Explicit collectives only: the butterfly's psum_scatter is the one gradient reduction.
     return _compile(local, mesh, specs, check_vma=False)
@@ -166,13 +171,11 @@ def make_model_data_train_step(model, tx, config, mesh, state):
         # The conv weights were gathered inside loss_fn, so their gradient arrives summed over
         # devices onto the owned parts (the all-gather's transpose); FC slices' gradients are
         # complete where they are computed.
-        direction, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = state_lib.learning_rate(config, state)
-        params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+        state, lr = apply_update(tx, config, state, grads)
         metrics = {"train/loss": loss,
                    "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == all_labels),
                    "train/lr": lr}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state, metrics
 
     # check_vma: the psums of FC outputs then transpose correctly (to a broadcast, not a sum).
     return _compile(local, mesh, specs, check_vma=True)
