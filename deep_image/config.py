@@ -114,6 +114,11 @@ def base() -> ml_collections.ConfigDict:
     # conv layers as "data", FC weights divided evenly among the devices (§3.2).
     c.mesh = (("data", -1), ("model", 1))
     c.parallelism = "data"
+    # Sharding of the single-device (canonical) state, as (regex over "layer/param" paths,
+    # PartitionSpec axes) rules, first match wins: conv kernels and biases replicated, FC
+    # kernels split over `model` (a no-op while it has size 1). The parallel layouts above
+    # place parameters themselves (parallel/butterfly.py).
+    c.sharding_rules = ((r"fc\d/kernel", (None, "model")), (r".*", ()))
     return c
 
 

@@ -31,8 +31,6 @@ from deep_image.training.checkpoint import Checkpointer
 from deep_image.training.metrics_writer import MetricsWriter
 
 CHECKPOINT_DIR = "checkpoints"
-# Conv kernels and biases replicated; FC kernels split over `model` (a no-op while it has size 1).
-DEFAULT_RULES = ((r"fc\d/kernel", (None, "model")), (r".*", ()))
 
 
 class WorkdirError(OSError):
@@ -158,7 +156,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     model = models.build(config.model, num_classes, config.data.crop)
     tx = state_lib.make_optimizer(config.optimizer, config.finetune)
     plateau_tx = state_lib.make_plateau(config.schedule)
-    state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, DEFAULT_RULES)
+    state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh,
+                                        config.sharding_rules)
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
                  config.model.variant, config.model.width, f"{model.num_params():,}",
                  num_classes, config.data.crop, config.data.crop, config.data.scale,
