@@ -110,7 +110,15 @@ class VGG(nnx.Module):
         if batch_slice is None or not train or self.dropout.rate == 0.0:
             return self.dropout(x, deterministic=not train, rngs=key)
         offset, global_batch = batch_slice
-        keep = 1.0 - self.dropout.rate
-        mask = jax.random.bernoulli(key, p=keep, shape=(global_batch,) + x.shape[1:])
-        mask = jax.lax.dynamic_slice_in_dim(mask, offset, x.shape[0])
-        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+        return dropout_slice(x, key, self.dropout.rate, (global_batch,) + x.shape[1:], offset,
+                             axis=0)
+
+
+def dropout_slice(x, key, rate: float, global_shape, offset, axis: int):
+    """Dropout of `x`, the slice [offset, offset + x.shape[axis]) along `axis` of an array of
+    `global_shape`: it draws the whole array's mask (as nnx.Dropout would, bit for bit) and
+    keeps this slice, so a split computation drops exactly what an unsplit one drops."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, p=keep, shape=tuple(global_shape))
+    mask = jax.lax.dynamic_slice_in_dim(mask, offset, x.shape[axis], axis=axis)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))

@@ -60,14 +60,20 @@ def lazy_gather(parts, shapes, axis: str = AXIS):
         parts, shapes)
 
 
+def _param_leaf(path) -> tuple[str, str] | None:
+    """(layer, name) of a params/opt_state leaf of a TrainState path, else None."""
+    names = [str(getattr(k, "name", getattr(k, "key", ""))) for k in path]
+    if ("params" in names or "opt_state" in names) and len(names) >= 2:
+        return names[-2], names[-1]
+    return None
+
+
 def owned_specs(state):
     """PartitionSpecs of a state whose params/opt_state leaves are owned parts: P(data) for
     those 1-D leaves, replicated for everything else (step, rng, schedule scalars)."""
-    def spec(path, leaf):
-        names = [str(getattr(k, "name", getattr(k, "key", ""))) for k in path]
-        owned = "params" in names or "opt_state" in names
-        return P(AXIS) if owned and getattr(leaf, "ndim", 0) == 1 else P()
-    return jax.tree_util.tree_map_with_path(spec, state)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: P(AXIS) if _param_leaf(path) and getattr(leaf, "ndim", 0) == 1
+        else P(), state)
 
 
 # ----------------------------------------------------------------------------- model-data (§3.2)
@@ -85,14 +91,10 @@ FC_SPECS = {
 def model_data_specs(state):
     """Conv leaves of params/opt_state: owned parts P(data); FC leaves: FC_SPECS; rest P()."""
     def spec(path, leaf):
-        names = [str(getattr(k, "name", getattr(k, "key", ""))) for k in path]
-        if ("params" in names or "opt_state" in names) and len(names) >= 2:
-            layer, name = names[-2], names[-1]
-            if layer.startswith("conv") and getattr(leaf, "ndim", 0) == 1:
-                return P(AXIS)
-            if (layer, name) in FC_SPECS:
-                return FC_SPECS[(layer, name)]
-        return P()
+        leaf_id = _param_leaf(path)
+        if leaf_id and leaf_id[0].startswith("conv") and getattr(leaf, "ndim", 0) == 1:
+            return P(AXIS)
+        return FC_SPECS.get(leaf_id, P())
     return jax.tree_util.tree_map_with_path(spec, state)
 
 

@@ -125,6 +125,7 @@ def make_model_data_train_step(model, tx, config, mesh, state):
     used where they are computed. Same loss, dropout and updates as one device."""
     from jax import lax
 
+    from deep_image.models.vgg import dropout_slice
     from deep_image.parallel import butterfly as bf
 
     shapes = model.abstract_params
@@ -142,12 +143,9 @@ def make_model_data_train_step(model, tx, config, mesh, state):
         key1, key2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
 
         def dropout(x, key, cols):          # the global batch's mask, this device's columns
-            keep = 1.0 - rate
             if rate == 0.0:
                 return x
-            mask = jax.random.bernoulli(key, p=keep, shape=(total, cols * n))
-            mask = lax.dynamic_slice_in_dim(mask, k * cols, cols, axis=1)
-            return lax.select(mask, x / keep, jnp.zeros_like(x))
+            return dropout_slice(x, key, rate, (total, cols * n), k * cols, axis=1)
 
         def loss_fn(params):
             conv = bf.lazy_gather({c: params[c] for c in conv_shapes}, conv_shapes)
