@@ -16,6 +16,7 @@ from deep_image import constants
 MODEL_DTYPES = ("float32", "bfloat16")
 HEADLINES = ("top1", "mean_per_class", "top5_error")
 FINETUNE_MODES = ("all", "fc", "last")
+PARALLELISMS = ("data", "model_data")
 
 
 class ConfigError(ValueError):
@@ -109,16 +110,26 @@ def base() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.progress_bar = True
 
-    # Parallelism over the mesh (§3): axis name -> size, -1 takes the rest. With more than one
-    # `data` device: "data" = butterfly synchronization + lazy update (§3.1); "model_data" =
-    # conv layers as "data", FC weights divided evenly among the devices (§3.2).
+    # Parallelism over the mesh (§3): axis name -> size, -1 takes the rest; the batch is split
+    # over every device. "data" (§3.1): every device computes with all weights; gradients
+    # synchronize by the butterfly (reduce-scatter to owners) and the updated weights are
+    # gathered lazily. "model_data" (§3.2): conv layers as "data"; FC weights split by
+    # `sharding_rules` over the `model` axis and data parallel over `data` (the hybrid), or,
+    # when model is 1, over all the data devices as in the paper (parallel/layout.py).
     c.mesh = (("data", -1), ("model", 1))
     c.parallelism = "data"
-    # Sharding of the single-device (canonical) state, as (regex over "layer/param" paths,
-    # PartitionSpec axes) rules, first match wins: conv kernels and biases replicated, FC
-    # kernels split over `model` (a no-op while it has size 1). The parallel layouts above
-    # place parameters themselves (parallel/butterfly.py).
-    c.sharding_rules = ((r"fc\d/kernel", (None, "model")), (r".*", ()))
+    # Where parameters live, as (regex over "layer/param" paths, PartitionSpec entries) rules,
+    # first match wins, unmatched leaves replicated. Conv layers must stay replicated (data
+    # parallel); an FC kernel is split by output columns (None, "model") or input rows
+    # ("model", None), and its bias split exactly when its columns are. Only model_data reads
+    # the FC entries. Default: FC1 by columns, FC2 and FC3 by rows, so FC1's slice feeds FC2's.
+    c.sharding_rules = (
+        (r"^conv", ()),
+        (r"^fc1/kernel$", (None, "model")),
+        (r"^fc1/bias$", ("model",)),
+        (r"^fc[23]/kernel$", ("model", None)),
+        (r"^fc[23]/bias$", ()),
+    )
     return c
 
 
@@ -165,7 +176,7 @@ def check(config: ml_collections.ConfigDict) -> None:
          "need crops of at least 32 pixels")
     need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
          "config.data.mean and config.data.std need three values (RGB), std > 0")
-    need(config.parallelism in ("data", "model_data"),
+    need(config.parallelism in PARALLELISMS,
          f"config.parallelism={config.parallelism!r}; choose data or model_data")
     need(config.finetune in FINETUNE_MODES,
          f"config.finetune={config.finetune!r}; choose one of {', '.join(FINETUNE_MODES)}")

@@ -1,5 +1,8 @@
-"""Run with N simulated devices (tests/test_parallel.py starts it): butterfly data parallelism
-vs single-device training on the same global batches. Prints one JSON line."""
+"""Run with 8 simulated devices (tests/test_parallel.py starts it): the §3 parallel train step
+vs single-device training on the same global batches. Prints one JSON line.
+
+    python tests/butterfly_equivalence.py PARALLELISM DATA MODEL
+"""
 
 import json
 import os
@@ -7,13 +10,12 @@ import re
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import tiny_config  # noqa: E402
 from deep_image import models  # noqa: E402
-from deep_image.parallel import butterfly as bf  # noqa: E402
+from deep_image.parallel import layout as layout_lib  # noqa: E402
 from deep_image.parallel import mesh as mesh_lib  # noqa: E402
 from deep_image.training import state as state_lib  # noqa: E402
 from deep_image.training import step as step_lib  # noqa: E402
@@ -22,8 +24,8 @@ STEPS = 3
 
 
 def main():
-    n = jax.device_count()
-    config = tiny_config(batch_size=16)
+    parallelism, data, model_axis = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    config = tiny_config(batch_size=16, parallelism=parallelism)
     model = models.build(config.model, 16, config.data.crop)
     tx = state_lib.make_optimizer(config.optimizer)
     plateau = state_lib.make_plateau(config.schedule)
@@ -33,8 +35,9 @@ def main():
 
     # One device.
     one = mesh_lib.make_mesh((("data", 1), ("model", 1)), jax.devices()[:1])
-    state, sh = state_lib.create(model, tx, plateau, config, one, ())
-    init_params = jax.device_get(state.params)
+    canonical = layout_lib.plan(model.abstract_params, dict(one.shape), parallelism,
+                                config.sharding_rules)
+    state, sh = state_lib.create(model, tx, plateau, config, one, canonical)
     single = step_lib.make_train_step(model, tx, config, sh, mesh_lib.batch_sharding(one),
                                       mesh_lib.replicated(one))
     ref_losses, ref_params = [], []
@@ -43,38 +46,39 @@ def main():
         ref_losses.append(float(m["train/loss"]))
         ref_params.append(jax.device_get(state.params))
 
-    # N devices: same initial weights, as owned parts.
-    mesh = mesh_lib.make_mesh((("data", -1), ("model", 1)))
-    model_data = len(sys.argv) > 1 and sys.argv[1] == "model_data"
-    parts = (bf.to_model_data(init_params, n) if model_data else bf.to_parts(init_params, n))
-    pstate = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=parts,
-                                  opt_state=tx.init(parts), plateau=plateau.init(parts),
-                                  rng=jax.device_get(state.rng))
-    make = (step_lib.make_model_data_train_step if model_data
-            else step_lib.make_butterfly_train_step)
-    step, shardings = make(model, tx, config, mesh, pstate)
-    pstate = jax.device_put(pstate, shardings)
+    # The mesh: created already sharded from the same seed (so the same initial weights).
+    mesh = mesh_lib.make_mesh((("data", data), ("model", model_axis)))
+    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), parallelism,
+                             config.sharding_rules)
+    pstate, _ = state_lib.create(model, tx, plateau, config, mesh, layout)
+    init_diff = max(float(np.max(np.abs(a - r))) for a, r in zip(
+        jax.tree.leaves(layout.from_stored(jax.device_get(pstate.params))),
+        jax.tree.leaves(canonical.from_stored(jax.device_get(
+            state_lib.create(model, tx, plateau, config, one, canonical)[0].params)))))
+    step, _ = step_lib.make_parallel_train_step(model, tx, config, mesh, layout, pstate)
     hlo = step.lower(pstate, batches[0]).compile().as_text()
     losses, diffs = [], []
     for i, b in enumerate(batches):
         pstate, m = step(pstate, b)
         losses.append(float(m["train/loss"]))
-        host = jax.device_get(pstate.params)
-        got = (bf.from_model_data(host, model.abstract_params) if model_data
-               else bf.from_parts(host, model.abstract_params))
+        got = layout.from_stored(jax.device_get(pstate.params))
         diffs.append(max(float(np.max(np.abs(a - r))) for a, r in
                          zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))))
-    shard_sizes = {str(len(x.addressable_shards)): x.addressable_shards[0].data.shape[0]
-                   for x in jax.tree.leaves(pstate.params)[:1]}
-    fc_shards = {f"{layer}/{name}": [list(x.shape), list(x.addressable_shards[0].data.shape)]
-                 for layer, leaves in pstate.params.items() for name, x in leaves.items()
-                 if layer.startswith("fc") or layer == "conv1_1"}
-    all_reduce_shapes = re.findall(r"= (\S+) all-reduce\(", hlo)
+    # per leaf: [stored global shape, one device's shard shape, number of distinct shards]
+    shards = {f"{layer}/{name}": [list(x.shape), list(x.addressable_shards[0].data.shape),
+                                  len({str(s.index) for s in x.addressable_shards})]
+              for layer, leaves in pstate.params.items() for name, x in leaves.items()}
+    momentum = {f"{layer}/{name}": list(x.addressable_shards[0].data.shape)
+                for layer, leaves in pstate.opt_state[-1].trace.items()
+                for name, x in leaves.items()}
     print(json.dumps({
-        "devices": n, "ref_losses": ref_losses, "losses": losses, "max_param_diff": diffs,
+        "devices": mesh.size, "ref_losses": ref_losses, "losses": losses,
+        "max_param_diff": diffs, "init_diff": init_diff,
         "reduce_scatter": hlo.count("reduce-scatter("), "all_gather": hlo.count("all-gather("),
-        "all_reduce_shapes": all_reduce_shapes, "shard_sizes": shard_sizes,
-        "shards": fc_shards,
+        "all_reduce_shapes": re.findall(r"= (\S+) all-reduce\(", hlo),
+        "shards": shards, "momentum_shards": momentum,
+        "local_shapes": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
+                         for n, lf in v.items()},
     }))
 
 

@@ -36,9 +36,8 @@ class Model:
         return nnx.merge(self.graphdef, params)
 
     def apply(self, params: dict, images: jax.Array, *, train: bool = False,
-              dropout_key: jax.Array | None = None, batch_slice=None) -> jax.Array:
-        return self.module(params)(images, train=train, dropout_key=dropout_key,
-                                   batch_slice=batch_slice)
+              dropout_key: jax.Array | None = None) -> jax.Array:
+        return self.module(params)(images, train=train, dropout_key=dropout_key)
 
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_params))

@@ -86,14 +86,8 @@ class VGG(nnx.Module):
         return x
 
     def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None,
-                 batch_slice: tuple[jax.Array, int] | None = None) -> jax.Array:
-        """Float32 logits. `train` turns dropout on and then needs `dropout_key`.
-
-        `batch_slice=(offset, global_batch)`: `x` holds rows offset.. of a global batch (one
-        device's share under data parallelism); dropout then uses exactly those rows of the
-        global batch's masks, so N devices drop what one device would have dropped.
-        """
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """Float32 logits. `train` turns dropout on and then needs `dropout_key`."""
         if x.shape[1] != self.input_size or x.shape[2] != self.input_size:
             raise ValueError(f"VGG built for {self.input_size}x{self.input_size} inputs got "
                              f"{x.shape[1]}x{x.shape[2]}")
@@ -102,23 +96,16 @@ class VGG(nnx.Module):
         k1 = k2 = None
         if train:
             k1, k2 = jax.random.split(dropout_key)
-        x = self._dropout(jax.nn.relu(self.fc1(x)), train, k1, batch_slice)
-        x = self._dropout(jax.nn.relu(self.fc2(x)), train, k2, batch_slice)
+        x = self.dropout(jax.nn.relu(self.fc1(x)), deterministic=not train, rngs=k1)
+        x = self.dropout(jax.nn.relu(self.fc2(x)), deterministic=not train, rngs=k2)
         return self.fc3(x).astype(jnp.float32)
 
-    def _dropout(self, x, train, key, batch_slice):
-        if batch_slice is None or not train or self.dropout.rate == 0.0:
-            return self.dropout(x, deterministic=not train, rngs=key)
-        offset, global_batch = batch_slice
-        return dropout_slice(x, key, self.dropout.rate, (global_batch,) + x.shape[1:], offset,
-                             axis=0)
 
-
-def dropout_slice(x, key, rate: float, global_shape, offset, axis: int):
-    """Dropout of `x`, the slice [offset, offset + x.shape[axis]) along `axis` of an array of
+def dropout_slice(x, key, rate: float, global_shape, offsets):
+    """Dropout of `x`, the block at `offsets` (one start index per dimension) of an array of
     `global_shape`: it draws the whole array's mask (as nnx.Dropout would, bit for bit) and
-    keeps this slice, so a split computation drops exactly what an unsplit one drops."""
+    keeps this block, so a split computation drops exactly what an unsplit one drops."""
     keep = 1.0 - rate
     mask = jax.random.bernoulli(key, p=keep, shape=tuple(global_shape))
-    mask = jax.lax.dynamic_slice_in_dim(mask, offset, x.shape[axis], axis=axis)
+    mask = jax.lax.dynamic_slice(mask, tuple(offsets), x.shape)
     return jax.lax.select(mask, x / keep, jnp.zeros_like(x))

@@ -1,12 +1,10 @@
-"""The device mesh from `config.mesh` and the shardings of batches and parameters."""
+"""The device mesh from `config.mesh`, and the shardings of batches (parameters: layout.py)."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -34,32 +32,12 @@ def make_mesh(axes, devices=None) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Examples split over the `data` axis (replicated over the others)."""
-    return NamedSharding(mesh, P("data"))
+    """Examples split over every device (§3.1: each device takes 1/N of the minibatch; the
+    conv layers are data parallel under every parallelism). Axes of one device are left out,
+    so a value the step computes is never typed as varying over them."""
+    axes = tuple(a for a in mesh.axis_names if mesh.shape[a] > 1)
+    return NamedSharding(mesh, P(axes or None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
-
-
-def rule_shardings(tree, mesh: Mesh, rules) -> object:
-    """NamedShardings for a pytree: the first `(regex, spec)` rule whose regex matches the
-    '/'-joined path gives the PartitionSpec; unmatched leaves are replicated."""
-    compiled = [(re.compile(rx), P(*spec)) for rx, spec in rules]
-
-    def one(path, leaf):
-        name = path_str(path)
-        for rx, spec in compiled:
-            if rx.search(name):
-                if len(spec) > np.ndim(leaf):
-                    raise MeshError(f"sharding rule {rx.pattern!r} gives {spec} to {name} of "
-                                    f"rank {np.ndim(leaf)}")
-                return NamedSharding(mesh, spec)
-        return NamedSharding(mesh, P())
-
-    return jax.tree_util.tree_map_with_path(one, tree)

@@ -51,27 +51,26 @@ class Checkpointer:
         return restored["state"], step
 
     def restore_params(self, step: int) -> dict:
-        """Only the model parameters of `step` (host arrays) in their canonical shapes, also
-        when a data-parallel run saved them as owned parts (meta records their shapes)."""
-        # Read onto this process's first device whatever mesh wrote it (a 4-device run's
-        # checkpoint evaluates on one CPU).
+        """Only the model parameters of `step` (host arrays) in their canonical shapes, whatever
+        mesh and layout wrote them (meta records the layout)."""
+        # Read onto this process's first device: a 4-device run's checkpoint evaluates on one CPU.
         path = os.path.join(self.directory, str(step), "state")
         with ocp.StandardCheckpointer() as reader:
             tree = reader.metadata(path).item_metadata
             here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
                                                                  sharding=here), tree)
-            params = reader.restore(path, target)["params"]
+            params = jax.device_get(reader.restore(path, target)["params"])
         meta = self.meta(step) or {}
-        layout = meta.get("params_layout", "canonical")
-        if layout != "canonical":
-            from deep_image.parallel import butterfly
-            shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), "float32"),
-                                  meta["param_shapes"], is_leaf=lambda x: isinstance(x, list))
-            whole = (butterfly.from_parts if layout == "owned_parts"
-                     else butterfly.from_model_data)
-            params = jax.device_get(whole(params, shapes))
-        return params
+        if "params_layout" in meta:
+            from deep_image.data.errors import DataError
+            raise DataError(f"{self.directory} step {step} was written by an earlier version "
+                             "of deep_image (parameter layout format 1); retrain, or read it "
+                             "with that version")
+        if "layout" not in meta:       # canonical (e.g. tools.import_weights)
+            return params
+        from deep_image.parallel.layout import Layout
+        return Layout.from_description(meta["layout"]).from_stored(params)
 
     def meta(self, step: int | None = None) -> dict | None:
         step = self._mgr.latest_step() if step is None else step

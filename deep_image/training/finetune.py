@@ -57,9 +57,14 @@ def merge(fresh: dict, loaded: dict, source: str) -> dict:
     return out
 
 
-def warm_start(state, params_shardings, init_from: str):
+def warm_start(state, params_shardings, layout, init_from: str, canonical):
+    """`state` with its parameters from `init_from` (its fresh classifier kept where the class
+    count differs), in `layout`'s stored form; `canonical` maps stored parameters to whole,
+    replicated ones. The merge happens on the host; each device receives just its blocks."""
     loaded, step = load_pretrained(init_from)
-    fresh = jax.device_get(state.params)
-    params = merge(fresh, loaded, init_from)
+    fresh = jax.device_get(canonical(state.params))
+    stored = layout.to_stored(merge(fresh, loaded, init_from))
     logging.info("initialized from %s (step %d)", init_from, step)
-    return state.replace(params=jax.device_put(params, params_shardings))
+    return state.replace(params=jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
+        stored, params_shardings))

@@ -16,13 +16,14 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from deep_image import config as config_lib
 from deep_image import models
 from deep_image.data import pipeline, sources
 from deep_image.evaluation.metrics import ClassCounts
-from deep_image.parallel import butterfly
+from deep_image.parallel import layout as layout_lib
 from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import finetune
 from deep_image.training import state as state_lib
@@ -95,32 +96,6 @@ def evaluate(eval_step, params, data: pipeline.EvalData, put, num_classes: int) 
     return counts
 
 
-def _parallel_setup(model, tx, config, mesh, state, layout: str):
-    """The canonical state in the parallel layout, its train step, and layout -> whole weights."""
-    n = mesh.shape["data"]
-    if layout == "model_data":
-        fc = model.abstract_params["fc2"]["kernel"].shape[0]
-        if fc % n:
-            raise config_lib.ConfigError(f"model_data splits the FC width {fc} over {n} devices; "
-                                         "choose a model.width that makes it divisible")
-        split = functools.partial(butterfly.to_model_data, n=n)
-        whole_fn = functools.partial(butterfly.from_model_data, shapes=model.abstract_params)
-        make = step_lib.make_model_data_train_step
-    else:
-        split = functools.partial(butterfly.to_parts, n=n)
-        whole_fn = functools.partial(butterfly.from_parts, shapes=model.abstract_params)
-        make = step_lib.make_butterfly_train_step
-
-    def convert(s):
-        parts = split(s.params)
-        return s.replace(params=parts, opt_state=tx.init(parts))
-
-    train_step, shardings = make(model, tx, config, mesh, jax.eval_shape(convert, state))
-    state = jax.jit(convert, out_shardings=shardings)(state)
-    whole = jax.jit(whole_fn, out_shardings=mesh_lib.replicated(mesh))
-    return state, shardings, train_step, whole
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains, evaluates and checkpoints; returns the last evaluation's metrics."""
     # ------------------------------------------------------------------ checks
@@ -130,6 +105,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # ------------------------------------------------------------------ mesh
     mesh = mesh_lib.make_mesh(config.mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % mesh.size:
+            raise config_lib.ConfigError(f"config.{key}={config[key]} does not split over the "
+                                         f"{mesh.size} devices of the mesh; make it a multiple")
     replicated = mesh_lib.replicated(mesh)
 
     # ------------------------------------------------------------------ input
@@ -152,37 +131,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return {k: jax.make_array_from_process_local_data(batch_sharding, v)
                 for k, v in batch.items()}
 
-    # ------------------------------------------------------------------ model and state
+    # ------------------------------------------------------------------ model, layout, state
     model = models.build(config.model, num_classes, config.data.crop)
     tx = state_lib.make_optimizer(config.optimizer, config.finetune)
     plateau_tx = state_lib.make_plateau(config.schedule)
-    state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh,
-                                        config.sharding_rules)
+    # §3: where each parameter lives (config.sharding_rules, config.parallelism, the mesh)
+    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), config.parallelism,
+                             config.sharding_rules)
+    if mesh.size > 1 and config.optimizer.grad_clip_norm > 0:
+        raise config_lib.ConfigError("config.optimizer.grad_clip_norm needs the global gradient "
+                                     "norm, which the parallel step does not compute; set it "
+                                     "to 0 or train on one device")
+    state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, layout)
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
                  config.model.variant, config.model.width, f"{model.num_params():,}",
                  num_classes, config.data.crop, config.data.crop, config.data.scale,
                  config.data.scale)
+    if mesh.size > 1:
+        logging.info("mesh %s, parallelism %s: FC layers split over %s", dict(mesh.shape),
+                     config.parallelism, layout.fc_axis or "no axis")
 
     # ------------------------------------------------------------------ checkpoint / resume
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
+    canonical = jax.jit(functools.partial(layout.from_stored, xp=jnp), out_shardings=replicated)
     if ckpt.latest_step() is None and config.init_from:   # resume wins over init_from
-        state = finetune.warm_start(state, shardings.params, config.init_from)
+        state = finetune.warm_start(state, shardings.params, layout, config.init_from,
+                                    canonical)
 
-    # ------------------------------------------------------------------ parallelism and steps
-    layout = "canonical"
-    if mesh.shape["data"] > 1:   # §3.1 / §3.2 (parallel/butterfly.py)
-        if mesh.shape["model"] > 1 or config.optimizer.grad_clip_norm > 0:
-            raise config_lib.ConfigError(
-                "parallelism over several devices supports config.mesh with model=1 (the "
-                "model_data mode splits FC layers over the data devices) and no "
-                "config.optimizer.grad_clip_norm")
-        layout = "owned_parts" if config.parallelism == "data" else "model_data"
-        state, shardings, train_step, canonical = _parallel_setup(model, tx, config, mesh,
-                                                                  state, layout)
+    # ------------------------------------------------------------------ steps
+    if mesh.size > 1:   # §3.1 / §3.2: one shard_map program (training/step.py)
+        train_step, _ = step_lib.make_parallel_train_step(model, tx, config, mesh, layout,
+                                                          state)
     else:
         train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
                                               replicated)
-        canonical = lambda params: params   # noqa: E731
     restored, start = ckpt.restore(state_lib.abstract_with_shardings(shardings, state),
                                    train_iter)
     if restored is not None:
@@ -193,8 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _write_config(workdir, config)
     meta = {"class_names": class_names, "num_classes": num_classes,
             "config": json.loads(config.to_json()),
-            "params_layout": layout,
-            "param_shapes": jax.tree.map(lambda a: list(a.shape), model.abstract_params)}
+            "layout": layout.describe()}
     eval_step = step_lib.make_eval_step(model, config, replicated, batch_sharding, replicated,
                                         num_classes)
     update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 import optax.contrib
 
-from deep_image.parallel import mesh as mesh_lib
 
 
 @flax.struct.dataclass
@@ -30,7 +29,7 @@ class TrainState:
 def _kernels_only(params):
     """Weight decay on kernels, not biases (as Caffe's VGG solvers do)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: mesh_lib.path_str(path).endswith("kernel"), params)
+        lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
 
 
 TRAINABLE = {   # §5: "fine-tune all layers, the last three FC layers, or the last"
@@ -89,20 +88,20 @@ def update_plateau(plateau_tx, state: TrainState, val_error) -> TrainState:
     return state.replace(plateau=plateau)
 
 
-def create(model, tx, plateau_tx, config, mesh, rules) -> tuple[TrainState, Any]:
-    """A fresh, sharded TrainState and the shardings of its leaves."""
+def create(model, tx, plateau_tx, config, mesh, layout) -> tuple[TrainState, Any]:
+    """A fresh TrainState in `layout`'s stored form and the shardings of its leaves. It is
+    created already sharded (abstract shapes -> shardings -> `jax.jit(init, out_shardings)`):
+    each device computes only the blocks it keeps."""
     def init(key):
         pkey, dkey = jax.random.split(key)
-        params = model.init(pkey)
+        params = layout.to_stored(model.init(pkey), jnp)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), plateau=plateau_tx.init(params),
                           rng=dkey)
 
     key = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(init, key)
-    shardings = mesh_lib.rule_shardings(abstract, mesh, rules)
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return state, shardings
+    shardings = layout.shardings(jax.eval_shape(init, key), mesh)
+    return jax.jit(init, out_shardings=shardings)(key), shardings
 
 
 def abstract_with_shardings(state_shardings, abstract):

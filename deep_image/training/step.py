@@ -3,6 +3,8 @@ explicit shardings, the state donated. Batches arrive as uint8 and are normalize
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -78,119 +80,119 @@ def make_eval_step(model, config, params_shardings, batch_sharding, out_sharding
                    out_shardings=out_sharding)
 
 
-def make_butterfly_train_step(model, tx, config, mesh, state):
-    """The data-parallel step of §3.1 (parallel/butterfly.py): `state.params` and
-    `state.opt_state` are owned parts. Per device: gather the weights (lazy update), forward and
-    backward on 1/N of the batch, reduce-scatter the gradients (butterfly), update the own part.
-    Loss, metrics and dropout masks are those of the global batch on one device."""
+def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
+    """The train step of §3 over a mesh of several devices, as one `jax.shard_map` program.
+    Returns (jitted step, state shardings); the state is in `layout`'s stored form.
+
+    Per device: all-gather the owned parts of the weights (lazy update); conv layers on this
+    device's 1/N of the batch (data parallel, §3.1); the FC layers on the rows of the devices
+    along the FC axis, each device computing its slices of FC1-FC3 as the sharding rules split
+    them (§3.2; with `parallelism=data` every device runs them whole on its own rows);
+    gradients reduce-scattered to their owners (butterfly synchronization); the optimizer
+    updates owned parts only. Loss, metrics, dropout masks and updates equal one device's on
+    the global batch."""
     from jax import lax
-
-    from deep_image.parallel import butterfly as bf
-
-    shapes = model.abstract_params
-    mean, std = tuple(config.data.mean), tuple(config.data.std)
-    specs = bf.owned_specs(state)
-
-    def local(state, batch):
-        n, k = lax.axis_size(bf.AXIS), lax.axis_index(bf.AXIS)
-        images, labels = normalize(batch["image"], mean, std), batch["label"]
-        b = labels.shape[0]
-        total = b * n
-        params = bf.lazy_gather(state.params, shapes)
-        key = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            logits = model.apply(params, images, train=True, dropout_key=key,
-                                 batch_slice=(k * b, total))
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return loss.sum() / total, logits      # this device's share of the global mean
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        # the optimizer then updates this device's parts only (lazy update)
-        state, lr = apply_update(tx, config, state, bf.butterfly_sync(grads))
-        hits = jnp.sum(jnp.argmax(logits, -1) == labels)
-        metrics = {"train/loss": lax.psum(loss, bf.AXIS),
-                   "train/accuracy": lax.psum(hits, bf.AXIS) / total, "train/lr": lr}
-        return state, metrics
-
-    # Explicit collectives only: the butterfly's psum_scatter is the one gradient reduction.
-    return _compile(local, mesh, specs, check_vma=False)
-
-
-def make_model_data_train_step(model, tx, config, mesh, state):
-    """The model-data parallel step of §3.2 (parallel/butterfly.py FC_SPECS). Per device: conv
-    layers on 1/N of the batch with gathered weights; the conv features of the whole batch
-    gathered; this device's slice of FC1 (columns), FC2 and FC3 (rows, outputs summed over
-    devices) on the whole batch; conv gradients reduce-scattered (butterfly), FC gradients
-    used where they are computed. Same loss, dropout and updates as one device."""
-    from jax import lax
-
-    from deep_image.models.vgg import dropout_slice
-    from deep_image.parallel import butterfly as bf
-
-    shapes = model.abstract_params
-    conv_shapes = {k: v for k, v in shapes.items() if k.startswith("conv")}
-    mean, std = tuple(config.data.mean), tuple(config.data.std)
-    rate = config.model.dropout_rate
-    specs = bf.model_data_specs(state)
-
-    def local(state, batch):
-        n, k = lax.axis_size(bf.AXIS), lax.axis_index(bf.AXIS)
-        images, labels = normalize(batch["image"], mean, std), batch["label"]
-        b = labels.shape[0]
-        total = b * n
-        all_labels = lax.all_gather(labels, bf.AXIS, tiled=True, to="invarying")
-        key1, key2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
-
-        def dropout(x, key, cols):          # the global batch's mask, this device's columns
-            if rate == 0.0:
-                return x
-            return dropout_slice(x, key, rate, (total, cols * n), k * cols, axis=1)
-
-        def loss_fn(params):
-            conv = bf.lazy_gather({c: params[c] for c in conv_shapes}, conv_shapes)
-            module = model.module({**conv, **{f: shapes[f] for f in ("fc1", "fc2", "fc3")}})
-            x = module.features(images)
-            x = lax.all_gather(x.reshape(b, -1), bf.AXIS, tiled=True)       # (total, in)
-            dt = x.dtype
-            fc1, fc2, fc3 = params["fc1"], params["fc2"], params["fc3"]
-            h1 = jax.nn.relu(x @ fc1["kernel"].astype(dt) + fc1["bias"].astype(dt))
-            h1 = dropout(h1, key1, h1.shape[1])                             # (total, F/N)
-            h2 = lax.psum(h1 @ fc2["kernel"].astype(dt), bf.AXIS) + fc2["bias"].astype(dt)
-            cols = fc3["kernel"].shape[0]
-            h2 = lax.dynamic_slice_in_dim(jax.nn.relu(h2), k * cols, cols, axis=1)
-            h2 = dropout(h2, key2, cols)                                    # (total, F/N)
-            logits = lax.psum(h2 @ fc3["kernel"].astype(dt), bf.AXIS) + fc3["bias"].astype(dt)
-            logits = logits.astype(jnp.float32)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, all_labels).mean()
-            return loss, logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        # The conv weights were gathered inside loss_fn, so their gradient arrives summed over
-        # devices onto the owned parts (the all-gather's transpose); FC slices' gradients are
-        # complete where they are computed.
-        state, lr = apply_update(tx, config, state, grads)
-        metrics = {"train/loss": loss,
-                   "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == all_labels),
-                   "train/lr": lr}
-        return state, metrics
-
-    # check_vma: the psums of FC outputs then transpose correctly (to a broadcast, not a sum).
-    return _compile(local, mesh, specs, check_vma=True)
-
-
-def _compile(local, mesh, specs, *, check_vma: bool):
-    """jit(shard_map(local)) over the data axis: state in `specs`, batch split by rows,
-    metrics replicated; the state donated. Returns (step, state shardings)."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from deep_image.parallel.butterfly import AXIS
+    from deep_image.parallel import butterfly
+    from deep_image.parallel import mesh as mesh_lib
 
-    batch_spec = {"image": P(AXIS), "label": P(AXIS)}
+    shapes = model.abstract_params
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    rate = config.model.dropout_rate
+    fc_axis, axes = layout.fc_axis, layout.axes
+    batch_axes = mesh_lib.batch_sharding(mesh).spec[0]
+    # FC rows are summed over the devices that are not along the FC axis
+    row_axes = tuple(a for a in axes if a != fc_axis)
+    n = mesh.size
+
+    def local(state, batch):
+        images, labels = normalize(batch["image"], mean, std), batch["label"]
+        b = labels.shape[0]
+        total = b * n
+        # this device's block of rows, and the first row of its FC group
+        block = lax.axis_index(batch_axes)
+        row0 = (block - (lax.axis_index(fc_axis) * _stride(mesh, fc_axis) if fc_axis else 0)) * b
+        if fc_axis:
+            labels = lax.all_gather(labels, fc_axis, tiled=True, to="invarying")
+        keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        params = butterfly.lazy_gather(state.params, layout)
+
+        def loss_fn(params):
+            conv = {k: v for k, v in params.items() if not k.startswith("fc")}
+            module = model.module({**conv, **{k: shapes[k] for k in shapes if k not in conv}})
+            x = module.features(images).reshape(b, -1)
+            if fc_axis:   # the group's rows; a split FC1 keeps the gather's cotangent local
+                x = lax.all_gather(x, fc_axis, tiled=True,
+                                   to="varying" if _split(layout, "fc1") else "invarying")
+            logits = fc_block(layout, params, x, keys, rate, (total, row0))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return loss.sum() / total, logits          # this group's share of the global mean
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        state, lr = apply_update(tx, config, state, butterfly.butterfly_sync(grads, layout))
+        hits = jnp.sum(jnp.argmax(logits, -1) == labels)
+        if row_axes:
+            loss, hits = lax.psum(loss, row_axes), lax.psum(hits, row_axes)
+        metrics = {"train/loss": loss, "train/accuracy": hits / total, "train/lr": lr}
+        return state, metrics
+
+    specs = layout.state_specs(abstract_state)
+    batch_spec = {"image": P(batch_axes), "label": P(batch_axes)}   # as the loop shards it
+    # check_vma: FC psums transpose to broadcasts, and a replicated value's gradient is never
+    # summed implicitly (the butterfly's psum_scatter is the one gradient reduction).
     step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()),
-                         check_vma=check_vma)
+                         check_vma=True)
     named = lambda tree: jax.tree.map(lambda s: NamedSharding(mesh, s), tree)   # noqa: E731
     shardings = named(specs)
     return jax.jit(step, in_shardings=(shardings, named(batch_spec)),
                    out_shardings=(shardings, NamedSharding(mesh, P())),
                    donate_argnums=0), shardings
+
+
+def _stride(mesh, axis: str) -> int:
+    """Distance in row blocks between neighbours along `axis` (row-major device order)."""
+    names = list(mesh.axis_names)
+    return math.prod(mesh.shape[a] for a in names[names.index(axis) + 1:])
+
+
+def _split(layout, layer: str) -> bool:
+    return layout.leaves[layer]["kernel"].split_dim is not None
+
+
+def fc_block(layout, params, x, keys, rate, rows):
+    """FC1-FC3 with ReLU and dropout after FC1 and FC2, each layer computed as the layout
+    splits it over the FC axis (§3.2): 'columns' (this device's outputs), 'rows' (this
+    device's inputs; outputs summed over the axis) or 'whole'. `x` is every input feature of
+    this group's rows; `rows` = (global batch, first row, row count) places dropout masks.
+    Returns the group's float32 logits, the same on every device of the axis."""
+    from jax import lax
+
+    from deep_image.models.vgg import dropout_slice
+    from deep_image.parallel.layout import fc_kind
+
+    axis = layout.fc_axis
+    total, row0 = rows
+    dt = x.dtype
+    split = False                 # x holds this device's columns only
+    for i, layer in enumerate(("fc1", "fc2", "fc3")):
+        kind = fc_kind(layout, layer)
+        w, bias = params[layer]["kernel"].astype(dt), params[layer]["bias"].astype(dt)
+        if kind == "rows":
+            if not split:
+                x = lax.dynamic_slice_in_dim(x, lax.axis_index(axis) * w.shape[0], w.shape[0], 1)
+            x, split = lax.psum(x @ w, axis) + bias, False
+        else:
+            if split:
+                x = lax.all_gather(x, axis, axis=1, tiled=True,
+                                   to="varying" if kind == "columns" else "invarying")
+            x, split = x @ w + bias, kind == "columns"
+        if i < 2:
+            x = jax.nn.relu(x)
+            if rate > 0.0:
+                width = x.shape[1] * (lax.axis_size(axis) if split else 1)
+                col0 = lax.axis_index(axis) * x.shape[1] if split else 0
+                x = dropout_slice(x, keys[i], rate, (total, width), (row0, col0))
+    if split:
+        x = lax.all_gather(x, axis, axis=1, tiled=True, to="invarying")
+    return x.astype(jnp.float32)
