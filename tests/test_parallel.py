@@ -1,34 +1,45 @@
-"""§3.1 data parallelism on 8 simulated CPU devices (in a subprocess, so the rest of the suite
-keeps one device): butterfly synchronization + lazy update equals single-device training."""
+"""§3 parallelism on 8 simulated CPU devices (in a subprocess, so the rest of the suite keeps
+one device): data (butterfly synchronization + lazy update), model_data on all devices, and
+the hybrid (FC split over `model`, data parallel over `data`) each equal single-device
+training; layouts and rule errors in-process."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_config
+from deep_image import models
+from deep_image.parallel import layout as layout_lib
+
+MODES = {"data": ("data", 8, 1), "model_data": ("model_data", 8, 1),
+         "hybrid": ("model_data", 2, 4)}
 
 
-def _run(mode):
+def _run(parallelism, data, model):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "butterfly_equivalence.py"),
-                           mode], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+                           parallelism, str(data), str(model)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module", params=["data", "model_data"])
+@pytest.fixture(scope="module", params=list(MODES))
 def result(request):
-    return {"mode": request.param, **_run(request.param)}
+    return {"mode": request.param, **_run(*MODES[request.param])}
 
 
 def test_same_loss_and_parameters_as_one_device(result):
     assert result["devices"] == 8
+    assert result["init_diff"] == 0.0     # created sharded from the same seed: same weights
     # float32 sums in another order (8 partial sums, then the reduce-scatter): agreement to
-    # ~1e-6 relative; a wrong gradient part, scaling or dropout mask would be off by >1e-2.
+    # ~1e-7 absolute on weights of ~0.1-1; a wrong gradient part, scaling (e.g. a gradient
+    # counted on each of the 4 devices of a model group) or dropout mask would be off by >1e-2.
     for ours, ref in zip(result["losses"], result["ref_losses"]):
         assert ours == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert max(result["max_param_diff"]) < 1e-5, result["max_param_diff"]
@@ -36,27 +47,76 @@ def test_same_loss_and_parameters_as_one_device(result):
 
 def test_gradients_sync_by_reduce_scatter_and_all_gather(result):
     assert result["reduce_scatter"] >= 1 and result["all_gather"] >= 1
-    shapes = result["all_reduce_shapes"]
+    shapes = [s.split("{")[0] for s in result["all_reduce_shapes"]]
+    scalars = ("f32[]", "s32[]")          # the loss and the hit count
     if result["mode"] == "data":
         # no all-reduce of a gradient: only the scalar loss and accuracy are all-reduced
-        assert all(s.split("{")[0].endswith("[]") for s in shapes), shapes
+        assert all(s in scalars for s in shapes), shapes
     else:
-        # only FC activations (global batch 16 x FC width 256 or 16 classes) are summed over
-        # devices; FC gradients are never all-reduced, conv gradients are reduce-scattered
-        assert all(s.split("{")[0] in ("f32[16,256]", "f32[16,16]", "f32[]", "s32[]")
-                   for s in shapes), shapes
+        # only FC activations (the FC group's rows x FC width 256 or 16 classes) are summed
+        # over the FC axis; FC gradients never are, conv gradients are reduce-scattered
+        rows = 16 if result["mode"] == "model_data" else 8
+        assert all(s in (f"f32[{rows},256]", f"f32[{rows},16]", *scalars) for s in shapes), shapes
 
 
-def test_each_device_owns_one_eighth(result):
-    (count, size), = result["shard_sizes"].items()
-    assert count == "8" and size > 0
-    shards = result["shards"]
-    # conv weights are stored as owned parts (1/8 of the flattened, padded kernel) and
-    # gathered whole where the forward pass uses them (the lazy update)
-    assert shards["conv1_1/kernel"] == [[112], [14]]        # 3*3*3*4 = 108 -> 8 x 14
-    if result["mode"] == "model_data":
-        assert shards["fc1/kernel"] == [[32, 256], [32, 32]]     # columns / 8
-        assert shards["fc2/kernel"] == [[256, 256], [32, 256]]   # rows / 8
-        assert shards["fc3/kernel"] == [[256, 16], [32, 16]]     # rows / 8
+def test_each_device_holds_its_share(result):
+    shards, local = result["shards"], result["local_shapes"]
+    # every device holds a different 1/8 of each conv layer (owned parts of the flattened,
+    # padded kernel), gathered whole where the forward pass uses it (the lazy update)
+    assert shards["conv1_1/kernel"] == [[1, 112], [1, 14], 8]       # 3*3*3*4 = 108 -> 8 x 14
+    assert local["conv1_1/kernel"] == [3, 3, 3, 4]
+    assert result["momentum_shards"]["conv1_1/kernel"] == [1, 14]   # optimizer state too
+    if result["mode"] == "data":
+        assert shards["fc1/kernel"] == [[1, 8192], [1, 1024], 8]   # 32*256 / 8, a part
+    elif result["mode"] == "model_data":
+        # FC1 by columns, FC2/FC3 by rows: each device's shard is 1/8 of the kernel
+        assert shards["fc1/kernel"] == [[32, 256], [32, 32], 8]
+        assert shards["fc2/kernel"] == [[256, 256], [32, 256], 8]
+        assert shards["fc3/kernel"] == [[256, 16], [32, 16], 8]
+        assert shards["fc2/bias"] == [[256], [256], 1]            # computed after the sum
     else:
-        assert shards["fc1/kernel"][1] == [1024]                 # 32*256 / 8, as a part
+        # hybrid 2 x 4: a slice per model device (1/4), owned in halves over data: 1/8
+        assert local["fc1/kernel"] == [32, 64] and local["fc2/kernel"] == [64, 256]
+        assert shards["fc1/kernel"] == [[4, 2048], [1, 1024], 8]
+        assert shards["fc2/kernel"] == [[4, 16384], [1, 8192], 8]
+        assert shards["fc2/bias"] == [[1, 256], [1, 128], 2]     # replicated over model
+
+
+def _plan(mesh, parallelism="model_data", rules=None, **overrides):
+    config = tiny_config(**overrides)
+    model = models.build(config.model, 16, config.data.crop)
+    return layout_lib.plan(model.abstract_params, mesh, parallelism,
+                           config.sharding_rules if rules is None else rules)
+
+
+def test_layout_round_trip_and_fc_axis():
+    config = tiny_config()
+    model = models.build(config.model, 16, config.data.crop)
+    params = jax.device_get(model.init(jax.random.PRNGKey(0)))
+    for mesh, fc in (({"data": 8, "model": 1}, "data"), ({"data": 2, "model": 4}, "model"),
+                     ({"data": 1, "model": 8}, "model"), ({"data": 1, "model": 1}, None)):
+        layout = _plan(mesh)
+        assert layout.fc_axis == fc
+        stored = layout.to_stored(params)
+        back = layout_lib.Layout.from_description(layout.describe()).from_stored(stored)
+        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+            assert (a == b).all()
+    assert _plan({"data": 1, "model": 1}).is_canonical
+    assert _plan({"data": 8, "model": 1}, "data").fc_axis is None
+
+
+@pytest.mark.parametrize("mesh,parallelism,rules,words", [
+    ({"data": 2, "model": 2}, "data", None, "set config.parallelism=model_data"),
+    ({"data": 4, "model": 1}, "model_data", ((r"conv1_1/kernel", (None, None, None, "model")),),
+     "conv layers are data parallel"),
+    ({"data": 4, "model": 1}, "model_data", ((r"fc1/kernel", ("model", "model")),),
+     "one dimension"),
+    ({"data": 4, "model": 1}, "model_data", ((r"fc1/kernel", (None, "model")),),
+     "bias is split exactly when"),
+    ({"data": 1, "model": 3}, "model_data", None, "choose a model.width"),
+    ({"data": 4, "model": 1}, "model_data", ((r"fc1/kernel", (None, "gpus")),), "each None or"),
+    ({"data": 4, "model": 1}, "model_data", (("(", ()),), "each rule is (regex, spec axes)"),
+])
+def test_bad_rules_and_meshes_say_what_to_do(mesh, parallelism, rules, words):
+    with pytest.raises(layout_lib.LayoutError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        _plan(mesh, parallelism, rules)

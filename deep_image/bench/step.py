@@ -42,19 +42,6 @@ PEAK_TFLOPS = {("H100", "bfloat16"): 989.0, ("H100", "float32"): 67.0,
                ("H200", "bfloat16"): 989.0, ("A100", "bfloat16"): 312.0}
 
 
-def multiply_adds(variant: str, width: float, size: int, num_classes: int) -> int:
-    """Forward multiply-adds of one image."""
-    total, cin, side = 0, 3, size
-    for b, n in enumerate(constants.CONVS_PER_BLOCK[variant]):
-        cout = vgg.scaled(constants.BLOCK_CHANNELS[b], width)
-        for _ in range(n):
-            total += side * side * 9 * cin * cout
-            cin = cout
-        side //= 2
-    fc = vgg.scaled(constants.FC_WIDTH, width)
-    return total + side * side * cin * fc + fc * fc + fc * num_classes
-
-
 def _config():
     c = config_lib.base()
     c.model.variant, c.model.width, c.model.dtype = FLAGS.variant, FLAGS.width, FLAGS.dtype
@@ -131,7 +118,7 @@ def main(argv):
                                      .astype(np.int32), batch_sharding)}
     state, t_model = _time(step_fn, state, lambda n: [fixed] * n, FLAGS.steps)
 
-    flops_per_image = 6 * multiply_adds(c.model.variant, c.model.width, c.data.crop,
+    flops_per_image = 6 * vgg.multiply_adds(c.model.variant, c.model.width, c.data.crop,
                                         num_classes)
     devices = jax.devices()
     kind = devices[0].device_kind
