@@ -55,6 +55,11 @@ def main():
         jax.tree.leaves(layout.from_stored(jax.device_get(pstate.params))),
         jax.tree.leaves(canonical.from_stored(jax.device_get(
             state_lib.create(model, tx, plateau, config, one, canonical)[0].params)))))
+    # what creating the sharded state costs one device (params + momentum out, temporaries)
+    init = state_lib.initializer(model, tx, plateau, layout, mesh)
+    key = jax.random.PRNGKey(config.seed)
+    memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh)) \
+        .lower(key).compile().memory_analysis()
     step, _ = step_lib.make_parallel_train_step(model, tx, config, mesh, layout, pstate)
     hlo = step.lower(pstate, batches[0]).compile().as_text()
     losses, diffs = [], []
@@ -74,6 +79,8 @@ def main():
     print(json.dumps({
         "devices": mesh.size, "ref_losses": ref_losses, "losses": losses,
         "max_param_diff": diffs, "init_diff": init_diff,
+        "init_output_bytes": memory.output_size_in_bytes,
+        "init_temp_bytes": memory.temp_size_in_bytes, "param_bytes": model.num_params() * 4,
         "reduce_scatter": hlo.count("reduce-scatter("), "all_gather": hlo.count("all-gather("),
         "all_reduce_shapes": re.findall(r"= (\S+) all-reduce\(", hlo),
         "shards": shards, "momentum_shards": momentum,

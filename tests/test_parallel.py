@@ -45,6 +45,14 @@ def test_same_loss_and_parameters_as_one_device(result):
     assert max(result["max_param_diff"]) < 1e-5, result["max_param_diff"]
 
 
+def test_state_is_created_sharded(result):
+    # jit(init, out_shardings=...): one device outputs ~1/8 of the parameters and ~1/8 of the
+    # momentum, and its temporaries never hold the whole parameter set
+    whole = result["param_bytes"]
+    assert result["init_output_bytes"] < 2 * whole / 6, result
+    assert result["init_temp_bytes"] < whole, result
+
+
 def test_gradients_sync_by_reduce_scatter_and_all_gather(result):
     assert result["reduce_scatter"] >= 1 and result["all_gather"] >= 1
     shapes = [s.split("{")[0] for s in result["all_reduce_shapes"]]

@@ -29,6 +29,7 @@ import json
 import math
 import re
 
+import numpy as np
 from absl import app, flags
 
 flags.DEFINE_list("devices", ["1", "2", "4", "8", "16", "32", "64"], "Device counts N.")
@@ -41,24 +42,27 @@ flags.DEFINE_integer("node_size", 4, "GPUs per node: the model axis of the hybri
 flags.DEFINE_float("mfu", 0.5, "Assumed model FLOP utilization of the table's devices.")
 flags.DEFINE_float("overlap", 1.0, "Fraction of compute the butterfly's exchange can hide "
                    "under (lazy update); 0 = none.")
-flags.DEFINE_float("latency_us", 5.0, "Per-hop latency of a collective, microseconds.")
+flags.DEFINE_float("latency_us", 2.0, "Per-hop latency of a collective, microseconds.")
 flags.DEFINE_float("epoch_images", 1_281_167, "Images per epoch (ILSVRC-2012 train).")
 flags.DEFINE_float("compute_seconds", 0.0, "Measured step time of one device at --per_device "
                    "images (bench.step); adds a 'measured' device.")
 flags.DEFINE_float("link_gbps", 400.0, "Link bandwidth of the measured device, Gb/s.")
+flags.DEFINE_float("intra_node_gbps", 3600.0, "Bandwidth inside a node of the measured "
+                   "device, Gb/s.")
 flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype of the "
                   "measured device.")
 flags.DEFINE_string("json", None, "Write rows here.")
 flags.DEFINE_string("plot", None, "Write a Figure-2-like plot here (PNG).")
 FLAGS = flags.FLAGS
 
-# §2: Minwa's K40m (4.29 TFLOPS single precision) on FDR InfiniBand (56 Gb/s); a modern node:
-# H100 (989 TFLOPS dense bfloat16) with one 400 Gb/s InfiniBand port per GPU.
+# §2: Minwa's K40m (4.29 TFLOPS single precision), 4 per server on PCIe 3.0 x16 (~126 Gb/s
+# each way), servers on FDR InfiniBand (56 Gb/s). A modern node: H100 (989 TFLOPS dense
+# bfloat16), NVLink 4 inside the node (450 GB/s each way), one 400 Gb/s InfiniBand port per GPU.
 HARDWARE = [
     {"hardware": "K40m + FDR IB 56 Gb/s (paper)", "peak_tflops": 4.29, "link_gbps": 56.0,
-     "dtype": "float32"},
+     "intra_node_gbps": 126.0, "dtype": "float32"},
     {"hardware": "H100 + IB 400 Gb/s", "peak_tflops": 989.0, "link_gbps": 400.0,
-     "dtype": "bfloat16"},
+     "intra_node_gbps": 3600.0, "dtype": "bfloat16"},
 ]
 STRATEGIES = ("data", "model_data", "hybrid")
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1,
@@ -75,12 +79,19 @@ def _bytes(shape_text: str) -> int:
                for dt, dims in _SHAPE.findall(shape_text))
 
 
-def _group_size(line: str, devices: int) -> int:
-    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
-    if m:
-        return int(m.group(2))
+def _first_group(line: str, devices: int) -> list[int]:
+    """Device ids of the first replica group of a collective (explicit or iota form)."""
     m = re.search(r"replica_groups=\{\{([\d,]+)\}", line)
-    return len(m.group(1).split(",")) if m else devices
+    if m:
+        return [int(d) for d in m.group(1).split(",")]
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", line)
+    if m:
+        ids = np.arange(math.prod(int(d) for d in m.group(3).split(",")))
+        ids = ids.reshape([int(d) for d in m.group(3).split(",")])
+        if m.group(4):
+            ids = ids.transpose([int(d) for d in m.group(4).split(",")])
+        return ids.reshape(int(m.group(1)), int(m.group(2)))[0].tolist()
+    return list(range(devices))
 
 
 _LOWERED = re.compile(r'"stablehlo\.(all_gather|reduce_scatter|all_reduce)".*?->\s*tensor<([\dx]+)x(\w+)>',
@@ -106,7 +117,9 @@ def collectives(hlo: str, devices: int, emitted: dict | None = None) -> list[dic
         m = _COLLECTIVE.search(line)
         if not m:
             continue
-        kind, g, shape = m.group(2), _group_size(line, devices), m.group(1)
+        kind, shape = m.group(2), m.group(1)
+        group = _first_group(line, devices)
+        g = len(group)
         one = _SHAPE.fullmatch(shape.split("{")[0])
         if one and emitted:
             dims = tuple(int(d) for d in one.group(2).split(",") if d)
@@ -117,6 +130,7 @@ def collectives(hlo: str, devices: int, emitted: dict | None = None) -> list[dic
         scope = ("butterfly_sync" if SYNC_SCOPE in line else
                  "lazy_gather" if GATHER_SCOPE in line else "activations")
         out.append({"kind": kind, "scope": scope, "group": g, "payload_bytes": payload,
+                    "intra_node": len({d // FLAGS.node_size for d in group}) == 1,
                     "ring_bytes": _RING[kind] * (g - 1) / g * payload if g > 1 else 0.0})
     return out
 
@@ -200,24 +214,23 @@ def _summary(ops):
     return out
 
 
-def predict(row: dict, hw: dict, compute_s: float) -> float:
+def predict(row: dict, hw: dict, compute_s: float, overlap: float) -> float:
     """Seconds per step on `hw`: compute, plus activation exchanges, plus the part of the
-    butterfly's exchange that the lazy update cannot hide."""
-    bw = hw["link_gbps"] * 1e9 / 8
+    butterfly's exchange that the lazy update cannot hide under `overlap` x compute."""
     lat = FLAGS.latency_us * 1e-6
 
     def seconds(ops):
-        return sum(o["ring_bytes"] / bw + (o["group"] - 1) * lat * (2 if o["kind"] ==
-                   "all-reduce" else 1) for o in ops if o["group"] > 1)
+        return sum(o["ring_bytes"] * 8 / 1e9 / hw["intra_node_gbps" if o["intra_node"] else
+                                                 "link_gbps"]
+                   + (o["group"] - 1) * lat * _RING[o["kind"]] for o in ops if o["group"] > 1)
     sync = seconds([o for o in row["_ops"] if o["scope"] != "activations"])
     act = seconds([o for o in row["_ops"] if o["scope"] == "activations"])
-    return compute_s + act + max(0.0, sync - FLAGS.overlap * compute_s)
+    return compute_s + act + max(0.0, sync - overlap * compute_s)
 
 
-def crossover(rows, hw_name) -> int | None:
+def crossover(rows, hw_name, key="predicted_speedup") -> int | None:
     """The smallest N from which data parallelism stays faster than model-data."""
-    by = {(r["parallelism"], r["devices"]): r["predicted_speedup"] for r in rows
-          if r["hardware"] == hw_name}
+    by = {(r["parallelism"], r["devices"]): r[key] for r in rows if r["hardware"] == hw_name}
     ns = sorted(n for (p, n) in by if p == "data" and n > 1 and ("model_data", n) in by)
     for i, n in enumerate(ns):
         if all(by[("data", m)] > by[("model_data", m)] for m in ns[i:]):
@@ -237,7 +250,8 @@ def main(argv):
     hardware = [dict(h) for h in HARDWARE]
     if FLAGS.compute_seconds > 0:
         hardware.append({"hardware": "measured", "compute_seconds": FLAGS.compute_seconds,
-                         "link_gbps": FLAGS.link_gbps, "dtype": FLAGS.dtype})
+                         "link_gbps": FLAGS.link_gbps, "intra_node_gbps": FLAGS.intra_node_gbps,
+                         "dtype": FLAGS.dtype})
     flops = 6 * multiply_adds(FLAGS.variant, FLAGS.width, FLAGS.crop, FLAGS.num_classes)
     compiled = {}
     for dtype in sorted({h["dtype"] for h in hardware}):
@@ -250,14 +264,16 @@ def main(argv):
         t_c = hw.get("compute_seconds") or (flops * FLAGS.per_device /
                                             (hw["peak_tflops"] * 1e12 * FLAGS.mfu))
         for strategy in STRATEGIES:
-            t_first = predict(compiled[strategy, counts[0], hw["dtype"]], hw, t_c)
+            first = compiled[strategy, counts[0], hw["dtype"]]
             for n in counts:
                 row = dict(compiled[strategy, n, hw["dtype"]])
-                t = predict(row, hw, t_c)
-                row.update(hardware=hw["hardware"], compute_seconds=t_c,
-                           predicted_step_seconds=t,
-                           predicted_epoch_hours=FLAGS.epoch_images / (FLAGS.per_device * n)
-                           * t / 3600, predicted_speedup=n * t_first / (counts[0] * t))
+                t = predict(row, hw, t_c, FLAGS.overlap)
+                t0 = predict(row, hw, t_c, 0.0)
+                row.update(
+                    hardware=hw["hardware"], compute_seconds=t_c, predicted_step_seconds=t,
+                    predicted_epoch_hours=FLAGS.epoch_images / (FLAGS.per_device * n) * t / 3600,
+                    predicted_speedup=n * predict(first, hw, t_c, FLAGS.overlap) / (counts[0] * t),
+                    predicted_speedup_no_overlap=n * predict(first, hw, t_c, 0.0) / (counts[0] * t0))
                 rows.append(row)
     _print(rows, hardware)
     if FLAGS.json:
@@ -268,6 +284,10 @@ def main(argv):
                        "gflop_per_image": flops / 1e9,
                        "crossover": {h["hardware"]: crossover(rows, h["hardware"])
                                      for h in hardware},
+                       "crossover_no_overlap": {
+                           h["hardware"]: crossover(rows, h["hardware"],
+                                                    "predicted_speedup_no_overlap")
+                           for h in hardware},
                        "rows": [{k: v for k, v in r.items() if k != "_ops"} for r in rows]},
                       f, indent=1)
     if FLAGS.plot:
@@ -304,8 +324,10 @@ def _print(rows, hardware):
                 f"{cells[n]['predicted_speedup']:>7.1f} ({cells[n]['predicted_epoch_hours']:>5.2f})"
                 for n in counts))
         x = crossover(rows, hw["hardware"])
+        x0 = crossover(rows, hw["hardware"], "predicted_speedup_no_overlap")
         print("data parallelism faster than model-data from N = "
-              f"{x if x else 'nowhere in this range'}")
+              f"{x or 'nowhere in this range'}; without the lazy update's overlap from N = "
+              f"{x0 or 'nowhere in this range'}")
 
 
 def _plot(rows, hardware, path):

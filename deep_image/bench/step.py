@@ -2,9 +2,10 @@
 
     python -m deep_image.bench.step [--variant=vgg16] [--width=1] [--crop=224] [--batch=64]
         [--dtype=bfloat16] [--steps=20] [--peak_tflops=989] [--json=PATH]
+        [--parallelism=data|model_data] [--model_axis=1]
 
-Times the real train step (the configured parallelism over all devices: butterfly data
-parallelism when there are several) with (a) one synthetic batch already on the devices, to
+Times the real train step (over all devices JAX sees: `--parallelism` and `--model_axis` pick
+the §3 layout when there are several) with (a) one synthetic batch already on the devices, to
 isolate the model, and (b) batches from the real Grain pipeline (SynthBirds rendered at the
 crop size), to show whether input is the bottleneck. FLOPs come from the model: 2 x multiply-
 adds forward, x3 for forward + backward (VGG-16 at 224: 15.47 G multiply-adds, ~92.8 GFLOP per
@@ -31,6 +32,8 @@ flags.DEFINE_integer("crop", 224, "Input size.")
 flags.DEFINE_integer("batch", 64, "Global batch.")
 flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("steps", 20, "Timed steps (after 3 warm-up steps).")
+flags.DEFINE_enum("parallelism", "data", ["data", "model_data"], "With several devices.")
+flags.DEFINE_integer("model_axis", 1, "Devices on the mesh's model axis (hybrid when > 1).")
 flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of one device for MFU (0: known "
                    "table for GPUs, none for CPUs).")
 flags.DEFINE_bool("pipeline", True, "Also time with the real input pipeline.")
@@ -49,6 +52,8 @@ def _config():
     c.data.synthetic.native_size = FLAGS.crop
     c.data.threads = 8
     c.batch_size = FLAGS.batch
+    c.parallelism = FLAGS.parallelism
+    c.mesh = (("data", -1), ("model", FLAGS.model_axis))
     return c
 
 
@@ -91,8 +96,8 @@ def _torch_rate(num_classes):
 def main(argv):
     del argv
     from deep_image.data import pipeline, sources
+    from deep_image.parallel import layout as layout_lib
     from deep_image.parallel import mesh as mesh_lib
-    from deep_image.training import loop
     from deep_image.training import state as state_lib
     from deep_image.training import step as step_lib
 
@@ -102,11 +107,12 @@ def main(argv):
     mesh = mesh_lib.make_mesh(c.mesh)
     model = models.build(c.model, num_classes, c.data.crop)
     tx, plateau = state_lib.make_optimizer(c.optimizer), state_lib.make_plateau(c.schedule)
-    state, shardings = state_lib.create(model, tx, plateau, c, mesh, ())
+    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), c.parallelism,
+                             c.sharding_rules)
+    state, shardings = state_lib.create(model, tx, plateau, c, mesh, layout)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    if mesh.shape["data"] > 1:
-        state, shardings, step_fn, _ = loop._parallel_setup(model, tx, c, mesh, state,
-                                                            "owned_parts")
+    if mesh.size > 1:
+        step_fn, _ = step_lib.make_parallel_train_step(model, tx, c, mesh, layout, state)
     else:
         step_fn = step_lib.make_train_step(model, tx, c, shardings, batch_sharding,
                                            mesh_lib.replicated(mesh))
@@ -124,7 +130,8 @@ def main(argv):
     kind = devices[0].device_kind
     peak = FLAGS.peak_tflops or next((v for (k, d), v in PEAK_TFLOPS.items()
                                       if k in kind and d == c.model.dtype), 0.0)
-    result = {"device": kind, "devices": len(devices), "variant": c.model.variant,
+    result = {"device": kind, "devices": len(devices), "mesh": dict(mesh.shape),
+              "parallelism": c.parallelism, "variant": c.model.variant,
               "width": c.model.width, "crop": c.data.crop, "batch": c.batch_size,
               "dtype": c.model.dtype, "gflop_per_image": flops_per_image / 1e9,
               "images_per_second_on_device": c.batch_size / t_model}
@@ -149,7 +156,7 @@ def main(argv):
             result["jax_over_torch"] = result["images_per_second_on_device"] / rate
 
     print(f"{c.model.variant} x{c.model.width:g} at {c.data.crop}px, batch {c.batch_size}, "
-          f"{c.model.dtype}, {len(devices)} x {kind}")
+          f"{c.model.dtype}, {len(devices)} x {kind}, {c.parallelism} over {dict(mesh.shape)}")
     print(f"  {'model GFLOP per trained image':<40}{result['gflop_per_image']:.2f}")
     print(f"  {'images/s, batch on device':<40}{result['images_per_second_on_device']:.1f}")
     print(f"  {'achieved TFLOP/s':<40}{result['achieved_tflops']:.3f}")

@@ -80,6 +80,21 @@ class LeafLayout:
             return P()
         return P(*([None] * self.split_dim + [self.split_axis]))
 
+    @property
+    def canonical_spec(self) -> P:
+        """A spec of the canonical array that gives every device only part of it: the split,
+        and the owners along the first dimension they divide. Initialization under it draws
+        each block where it is kept (random bits are partitionable)."""
+        spec: list = [None] * len(self.shape)
+        if self.split_dim is not None:
+            spec[self.split_dim] = self.split_axis
+        if self.owners > 1:
+            for d, size in enumerate(self.local_shape):
+                if spec[d] is None and size % self.owners == 0:
+                    spec[d] = self.owner_axes if len(self.owner_axes) > 1 else self.owner_axes[0]
+                    break
+        return P(*spec)
+
     # -- outside shard_map: whole arrays (jnp inside jit, or numpy on the host) --
     def to_stored(self, x, xp=np):
         if not self.flat:
@@ -137,6 +152,13 @@ class Layout:
                 return self.leaves[key[0]][key[1]].spec
             return P()
         return jax.tree_util.tree_map_with_path(spec, state)
+
+    def constrain(self, params, mesh: Mesh):
+        """Inside jit: canonical parameters laid out by `canonical_spec` (no device holds a
+        whole leaf that it only keeps a part of)."""
+        return {k: {n: jax.lax.with_sharding_constraint(
+            v, NamedSharding(mesh, self.leaves[k][n].canonical_spec)) for n, v in leaves.items()}
+            for k, leaves in params.items()}
 
     def shardings(self, tree, mesh: Mesh):
         return jax.tree.map(lambda s: NamedSharding(mesh, s), self.state_specs(tree))

@@ -92,7 +92,7 @@ def create(model, tx, plateau_tx, config, mesh, layout) -> tuple[TrainState, Any
     """A fresh TrainState in `layout`'s stored form and the shardings of its leaves. It is
     created already sharded (abstract shapes -> shardings -> `jax.jit(init, out_shardings)`):
     each device computes only the blocks it keeps."""
-    init = _initializer(model, tx, plateau_tx, layout)
+    init = initializer(model, tx, plateau_tx, layout, mesh)
     key = jax.random.PRNGKey(config.seed)
     shardings = layout.shardings(jax.eval_shape(init, key), mesh)
     return jax.jit(init, out_shardings=shardings)(key), shardings
@@ -100,14 +100,15 @@ def create(model, tx, plateau_tx, config, mesh, layout) -> tuple[TrainState, Any
 
 def abstract_state(model, tx, plateau_tx, mesh, layout) -> TrainState:
     """The TrainState's shapes and shardings, nothing allocated (for compiling ahead)."""
-    shapes = jax.eval_shape(_initializer(model, tx, plateau_tx, layout), jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(initializer(model, tx, plateau_tx, layout, mesh),
+                            jax.random.PRNGKey(0))
     return abstract_with_shardings(layout.shardings(shapes, mesh), shapes)
 
 
-def _initializer(model, tx, plateau_tx, layout):
+def initializer(model, tx, plateau_tx, layout, mesh):
     def init(key):
         pkey, dkey = jax.random.split(key)
-        params = layout.to_stored(model.init(pkey), jnp)
+        params = layout.to_stored(layout.constrain(model.init(pkey), mesh), jnp)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), plateau=plateau_tx.init(params),
                           rng=dkey)
