@@ -1,5 +1,6 @@
-"""The training command on 4 simulated devices: data parallelism with butterfly sync runs end
-to end, resumes exactly, and its checkpoints serve evaluate and fine-tuning like any other."""
+"""The training command on 4 simulated devices: data, model_data and the hybrid (2 x 2 mesh) run
+end to end like one device; their checkpoints serve evaluate like any other, and a run resumes
+on another mesh or device count."""
 
 import json
 import os
@@ -11,34 +12,60 @@ import pytest
 
 from conftest import REPO, TINY
 
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+ONE = {**os.environ, "JAX_PLATFORMS": "cpu"}
+FOUR = {**ONE, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+STEPS = ["--config.total_steps=20", "--config.eval_every_steps=20"]
+MODES = {"data": ["--config.parallelism=data"],
+         "model_data": ["--config.parallelism=model_data"],
+         "hybrid": ["--config.parallelism=model_data",
+                    "--config.mesh=(('data', 2), ('model', 2))"]}
 
 
-def _train(workdir, *extra):
-    return subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
-                           f"--workdir={workdir}", *extra], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env=ENV)
+def _run(module, env, *args):
+    proc = subprocess.run([sys.executable, "-m", f"deep_image.{module}", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
-@pytest.mark.parametrize("parallelism", ["data", "model_data"])
-def test_four_device_run_matches_one_device_and_evaluates(tmp_path, parallelism):
-    one = subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
-                          f"--workdir={tmp_path / 'one'}", "--config.total_steps=20",
-                          "--config.eval_every_steps=20"], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert one.returncode == 0, one.stderr[-3000:]
-    four = _train(tmp_path / "four", "--config.total_steps=20", "--config.eval_every_steps=20",
-                  f"--config.parallelism={parallelism}")
-    assert four.returncode == 0, four.stderr[-3000:]
-    rec = [[json.loads(l) for l in open(tmp_path / w / "metrics.jsonl") if "train/loss" in l]
-           for w in ("one", "four")]
-    np.testing.assert_allclose([r["train/loss"] for r in rec[1]],
-                               [r["train/loss"] for r in rec[0]], rtol=1e-4)
-    ev = subprocess.run([sys.executable, "-m", "deep_image.evaluate",
-                         f"--workdir={tmp_path / 'four'}"], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    final = [json.loads(l) for l in open(tmp_path / "four" / "metrics.jsonl")
-             if "eval/top1" in l][-1]
-    assert json.load(open(tmp_path / "four" / "eval.json"))["eval/top1"] == final["eval/top1"]
+def _train(workdir, env, *extra):
+    return _run("train", env, f"--config={TINY}", f"--workdir={workdir}", *extra)
+
+
+def _losses(workdir):
+    return {r["step"]: r["train/loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
+            if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one")
+    _train(workdir, ONE, *STEPS)
+    return _losses(workdir)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_four_device_run_matches_one_device_and_evaluates(tmp_path, one_device, mode):
+    four = _train(tmp_path, FOUR, *STEPS, *MODES[mode])
+    if mode == "hybrid":
+        assert "FC layers split over model" in four.stderr
+    ours = _losses(tmp_path)
+    assert sorted(ours) == sorted(one_device)
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
+                               [one_device[s] for s in sorted(ours)], rtol=1e-4)
+    _run("evaluate", ONE, f"--workdir={tmp_path}")     # on one device
+    final = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if "eval/top1" in l][-1]
+    assert json.load(open(tmp_path / "eval.json"))["eval/top1"] == final["eval/top1"]
+
+
+def test_resume_on_another_mesh_continues_the_run(tmp_path, one_device):
+    # 10 steps as the hybrid on 4 devices, then 10 more on one device: the same losses as
+    # 20 steps on one device (float32 sums in another order: ~1e-6 relative)
+    _train(tmp_path, FOUR, "--config.total_steps=10", "--config.eval_every_steps=20",
+           *MODES["hybrid"])
+    resumed = _train(tmp_path, ONE, *STEPS)
+    assert "converted to this run's" in resumed.stderr
+    ours = _losses(tmp_path)
+    assert sorted(ours) == sorted(one_device)
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
+                               [one_device[s] for s in sorted(ours)], rtol=1e-4)

@@ -39,16 +39,59 @@ class Checkpointer:
             self._mgr.wait_until_finished()
         logging.info("checkpoint %s at step %d", "saved" if wait else "queued", step)
 
-    def restore(self, abstract_state, data_iter=None, step: int | None = None):
-        """(state, step) from `step` or the latest checkpoint, or (None, None) if there is none."""
+    def restore(self, abstract_state, data_iter=None, step: int | None = None, layout=None):
+        """(state, step) from `step` or the latest checkpoint, or (None, None) if there is none.
+
+        With `layout` (this run's parallel/layout.Layout): a checkpoint another mesh or
+        parallelism wrote is converted to it, so a run resumes on another device count."""
         step = self._mgr.latest_step() if step is None else step
         if step is None:
             return None, None
+        saved = (self.meta(step) or {}).get("layout")
+        if layout is not None and saved is not None and saved != layout.describe():
+            state = self._restore_relayout(step, abstract_state, saved, layout)
+            if data_iter is not None:
+                self._mgr.restore(step, args=ocp.args.Composite(
+                    data=grain.checkpoint.CheckpointRestore(data_iter)))
+            return state, step
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], step
+
+    def _restore_relayout(self, step, abstract_state, saved: dict, layout):
+        """The saved state read whole onto this process's first device, its parameter and
+        optimizer-state blocks converted from the saved layout to `layout` on the host, then
+        placed: each device receives its blocks only."""
+        import numpy as np
+
+        from deep_image.parallel.layout import Layout, param_key
+        old = Layout.from_description(saved)
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def saved_shape(path, a):
+            key = param_key(path)
+            shape = (old.leaves[key[0]][key[1]].stored_shape
+                     if key and key[0] in old.leaves and len(a.shape) else a.shape)
+            return jax.ShapeDtypeStruct(shape, a.dtype, sharding=here)
+        target = jax.tree_util.tree_map_with_path(saved_shape, abstract_state)
+        host = jax.device_get(self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))["state"])
+
+        def convert(path, x):
+            key = param_key(path)
+            if key and key[0] in old.leaves and np.ndim(x):
+                x = layout.leaves[key[0]][key[1]].to_stored(
+                    old.leaves[key[0]][key[1]].from_stored(np.asarray(x)))
+            return np.asarray(x)
+        host = jax.tree_util.tree_map_with_path(convert, host)
+        logging.warning("checkpoint %d was written on the mesh %s (FC layers split over %s); "
+                        "converted to this run's mesh %s (FC layers split over %s)", step,
+                        old.mesh_shape, old.fc_axis or "no axis", layout.mesh_shape,
+                        layout.fc_axis or "no axis")
+        return jax.tree.map(lambda x, a: jax.make_array_from_callback(
+            a.shape, a.sharding, lambda idx: x[idx]), host, abstract_state)
 
     def restore_params(self, step: int) -> dict:
         """Only the model parameters of `step` (host arrays) in their canonical shapes, whatever

@@ -165,8 +165,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
                                               replicated)
+    saved = ckpt.meta()
+    if saved and saved.get("processes", pcount) != pcount:
+        raise config_lib.ConfigError(
+            f"{ckpt.directory} was written by {saved['processes']} processes and each kept its "
+            f"own position in the data; resume with {saved['processes']} processes (the "
+            "device count per process may differ)")
     restored, start = ckpt.restore(state_lib.abstract_with_shardings(shardings, state),
-                                   train_iter)
+                                   train_iter, layout=layout)
     if restored is not None:
         state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, start)
@@ -175,7 +181,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _write_config(workdir, config)
     meta = {"class_names": class_names, "num_classes": num_classes,
             "config": json.loads(config.to_json()),
-            "layout": layout.describe()}
+            "layout": layout.describe(), "processes": pcount}
     eval_step = step_lib.make_eval_step(model, config, replicated, batch_sharding, replicated,
                                         num_classes)
     update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),
