@@ -48,6 +48,17 @@ def test_resume_from_iterator_state_gives_the_same_batches(workers):
         np.testing.assert_array_equal(a["label"], b["label"])
 
 
+def test_a_stream_started_at_a_step_continues_on_another_process_count():
+    # what a resume on another number of processes does: the same global batches from there
+    config = tiny_config(data__augment=dict(crop=False, flip=False), batch_size=4)
+    src = IndexSource(24)
+    one = iter(pipeline.train_dataset(src, config))
+    after = [_ids(next(one)) for _ in range(10)][7:]
+    halves = [iter(pipeline.train_dataset(src, config, process_index=p, process_count=2,
+                                          start_step=7)) for p in range(2)]
+    assert [_ids(next(halves[0])) + _ids(next(halves[1])) for _ in range(3)] == after
+
+
 def test_each_process_reads_its_own_slice_of_every_epoch():
     config = tiny_config(data__augment=dict(crop=False, flip=False), batch_size=4)
     src = IndexSource(24)

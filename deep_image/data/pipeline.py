@@ -60,9 +60,10 @@ class ResizedCache:
         return {"image": self._images[index], "label": int(self._labels[index])}
 
 
-def train_dataset(source, config, *, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-    """Endless shuffled, augmented training batches of this process: {'image', 'label'}."""
+def train_dataset(source, config, *, process_index: int = 0, process_count: int = 1,
+                  start_step: int = 0) -> grain.IterDataset:
+    """Endless shuffled, augmented training batches of this process: {'image', 'label'},
+    from global batch `start_step` on (a resumed run whose saved iterator does not fit)."""
     d = config.data
     if d.cache:
         if d.resize != "square":
@@ -77,7 +78,7 @@ def train_dataset(source, config, *, process_index: int = 0,
     # This process's rows of every global batch: rows p*b .. (p+1)*b - 1, so P processes
     # assemble exactly the global batches (and augmentations) one process would see.
     g = config.batch_size
-    ds = grain.MapDataset.range(sys.maxsize // g * local_batch).map(
+    ds = grain.MapDataset.range(start_step * local_batch, sys.maxsize // g * local_batch).map(
         lambda i: stream[(i // local_batch) * g + process_index * local_batch + i % local_batch])
     # Read threads work on single examples; buffer `prefetch` batches' worth of them.
     it = ds.to_iter_dataset(grain.ReadOptions(

@@ -165,17 +165,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
         train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
                                               replicated)
-    saved = ckpt.meta()
-    if saved and saved.get("processes", pcount) != pcount:
-        raise config_lib.ConfigError(
-            f"{ckpt.directory} was written by {saved['processes']} processes and each kept its "
-            f"own position in the data; resume with {saved['processes']} processes (the "
-            "device count per process may differ)")
+    # each process saved its own position in the data; on another process count the stream
+    # restarts at the step's global batch instead
+    saved_processes = (ckpt.meta() or {}).get("processes", pcount)
     restored, start = ckpt.restore(state_lib.abstract_with_shardings(shardings, state),
-                                   train_iter, layout=layout)
+                                   train_iter if saved_processes == pcount else None,
+                                   layout=layout)
     if restored is not None:
         state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, start)
+        if saved_processes != pcount:
+            logging.warning("the checkpoint was written by %d processes, this run has %d: the "
+                            "data stream restarts at global batch %d", saved_processes, pcount,
+                            start)
+            train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
+                                                     process_count=pcount, start_step=start))
     start = int(jax.device_get(state.step))
     if is_main:
         _write_config(workdir, config)
