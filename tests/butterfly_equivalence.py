@@ -1,7 +1,10 @@
 """Run with 8 simulated devices (tests/test_parallel.py starts it): the §3 parallel train step
 vs single-device training on the same global batches. Prints one JSON line.
 
-    python tests/butterfly_equivalence.py PARALLELISM DATA MODEL
+    python tests/butterfly_equivalence.py PARALLELISM DATA MODEL [columns]
+
+`columns`: other sharding rules (FC1 whole, FC2 and FC3 by columns), so the step's other
+ways of computing an FC layer are checked too.
 """
 
 import json
@@ -21,11 +24,14 @@ from deep_image.training import state as state_lib  # noqa: E402
 from deep_image.training import step as step_lib  # noqa: E402
 
 STEPS = 3
+COLUMNS = ((r"^fc1/", ()), (r"^fc[23]/kernel$", (None, "model")), (r"^fc[23]/bias$", ("model",)))
 
 
 def main():
     parallelism, data, model_axis = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     config = tiny_config(batch_size=16, parallelism=parallelism)
+    if sys.argv[4:] == ["columns"]:
+        config.sharding_rules = COLUMNS
     model = models.build(config.model, 16, config.data.crop)
     tx = state_lib.make_optimizer(config.optimizer)
     plateau = state_lib.make_plateau(config.schedule)

@@ -16,15 +16,16 @@ from deep_image import models
 from deep_image.parallel import layout as layout_lib
 
 MODES = {"data": ("data", 8, 1), "model_data": ("model_data", 8, 1),
-         "hybrid": ("model_data", 2, 4)}
+         "hybrid": ("model_data", 2, 4),
+         "hybrid_columns": ("model_data", 2, 4, "columns")}   # FC1 whole, FC2/FC3 by columns
 
 
-def _run(parallelism, data, model):
+def _run(parallelism, data, model, *rules):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "butterfly_equivalence.py"),
-                           parallelism, str(data), str(model)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=env)
+                           parallelism, str(data), str(model), *rules], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -82,6 +83,11 @@ def test_each_device_holds_its_share(result):
         assert shards["fc2/kernel"] == [[256, 256], [32, 256], 8]
         assert shards["fc3/kernel"] == [[256, 16], [32, 16], 8]
         assert shards["fc2/bias"] == [[256], [256], 1]            # computed after the sum
+    elif result["mode"] == "hybrid_columns":
+        assert local["fc1/kernel"] == [32, 256]                   # whole, owned over data
+        assert shards["fc1/kernel"] == [[1, 8192], [1, 4096], 2]
+        assert local["fc2/kernel"] == [256, 64] and local["fc3/kernel"] == [256, 4]
+        assert shards["fc3/bias"] == [[4, 4], [1, 2], 8]
     else:
         # hybrid 2 x 4: a slice per model device (1/4), owned in halves over data: 1/8
         assert local["fc1/kernel"] == [32, 64] and local["fc2/kernel"] == [64, 256]

@@ -96,6 +96,7 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
 
     from deep_image.parallel import butterfly
     from deep_image.parallel import mesh as mesh_lib
+    from deep_image.parallel.layout import fc_kind
 
     shapes = model.abstract_params
     mean, std = tuple(config.data.mean), tuple(config.data.std)
@@ -123,8 +124,8 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
             module = model.module({**conv, **{k: shapes[k] for k in shapes if k not in conv}})
             x = module.features(images).reshape(b, -1)
             if fc_axis:   # the group's rows; a split FC1 keeps the gather's cotangent local
-                x = lax.all_gather(x, fc_axis, tiled=True,
-                                   to="varying" if _split(layout, "fc1") else "invarying")
+                x = lax.all_gather(x, fc_axis, tiled=True, to="invarying"
+                                   if fc_kind(layout, "fc1") == "whole" else "varying")
             logits = fc_block(layout, params, x, keys, rate, (total, row0))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             return loss.sum() / total, logits          # this group's share of the global mean
@@ -156,15 +157,11 @@ def _stride(mesh, axis: str) -> int:
     return math.prod(mesh.shape[a] for a in names[names.index(axis) + 1:])
 
 
-def _split(layout, layer: str) -> bool:
-    return layout.leaves[layer]["kernel"].split_dim is not None
-
-
 def fc_block(layout, params, x, keys, rate, rows):
     """FC1-FC3 with ReLU and dropout after FC1 and FC2, each layer computed as the layout
     splits it over the FC axis (§3.2): 'columns' (this device's outputs), 'rows' (this
     device's inputs; outputs summed over the axis) or 'whole'. `x` is every input feature of
-    this group's rows; `rows` = (global batch, first row, row count) places dropout masks.
+    this group's rows; `rows` = (global batch, the group's first row) places dropout masks.
     Returns the group's float32 logits, the same on every device of the axis."""
     from jax import lax
 
