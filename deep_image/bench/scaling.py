@@ -94,9 +94,9 @@ def _first_group(line: str, devices: int) -> list[int]:
     return list(range(devices))
 
 
-_LOWERED = re.compile(r'"stablehlo\.(all_gather|reduce_scatter|all_reduce)".*?->\s*tensor<([\dx]+)x(\w+)>',
-                      re.DOTALL)
-_HLO_TYPES = {"bf16": "bf16", "f16": "f16", "f32": "f32"}
+_LOWERED = re.compile(r'"stablehlo\.(all_gather|reduce_scatter|all_reduce)".*?'
+                      r'->\s*tensor<([\dx]+)x(\w+)>', re.DOTALL)
+_FLOATS = ("bf16", "f16", "f32")
 
 
 def lowered_types(stablehlo: str) -> dict:
@@ -107,10 +107,12 @@ def lowered_types(stablehlo: str) -> dict:
             for kind, dims, dtype in _LOWERED.findall(stablehlo)}
 
 
-def collectives(hlo: str, devices: int, emitted: dict | None = None) -> list[dict]:
+def collectives(hlo: str, devices: int, emitted: dict | None = None,
+                node_size: int = 4) -> list[dict]:
     """Every collective of a compiled (optimized) HLO module: kind, scope, group size, the
-    per-device payload (reduce-scatter: its input) and the ring bytes one device sends.
-    `emitted` (from `lowered_types`) restores element types the CPU backend promoted."""
+    per-device payload (reduce-scatter: its input), the ring bytes one device sends, and
+    whether its group fits in one node of `node_size` devices. `emitted` (from
+    `lowered_types`) restores element types the CPU backend promoted."""
     from deep_image.parallel.butterfly import GATHER_SCOPE, SYNC_SCOPE
     out = []
     for line in hlo.splitlines():
@@ -124,13 +126,13 @@ def collectives(hlo: str, devices: int, emitted: dict | None = None) -> list[dic
         if one and emitted:
             dims = tuple(int(d) for d in one.group(2).split(",") if d)
             dtype = emitted.get((kind, dims))
-            if dtype in _HLO_TYPES and dtype != one.group(1):
-                shape = f"{_HLO_TYPES[dtype]}[{one.group(2)}]"
+            if dtype in _FLOATS and dtype != one.group(1):
+                shape = f"{dtype}[{one.group(2)}]"
         payload = _bytes(shape) * (g if kind == "reduce-scatter" else 1)
         scope = ("butterfly_sync" if SYNC_SCOPE in line else
                  "lazy_gather" if GATHER_SCOPE in line else "activations")
         out.append({"kind": kind, "scope": scope, "group": g, "payload_bytes": payload,
-                    "intra_node": len({d // FLAGS.node_size for d in group}) == 1,
+                    "intra_node": len({d // node_size for d in group}) == 1,
                     "ring_bytes": _RING[kind] * (g - 1) / g * payload if g > 1 else 0.0})
     return out
 
@@ -177,7 +179,8 @@ def compile_one(strategy: str, devices: int, dtype: str) -> dict:
                                         mesh_lib.replicated(mesh))
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
-    ops = collectives(compiled.as_text(), devices, lowered_types(lowered.as_text()))
+    ops = collectives(compiled.as_text(), devices, lowered_types(lowered.as_text()),
+                      FLAGS.node_size)
 
     def per_device(tree):
         return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize

@@ -117,7 +117,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_source = sources.get_source(config.data, config.data.eval_split)
     val_source = (sources.get_source(config.data, config.data.val_split)
                   if config.data.val_split else None)
-    workdir = prepare_workdir(workdir)     # after the sources: a bad dataset writes nothing
     class_names = list(train_source.class_names)
     num_classes = len(class_names)
     train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
@@ -142,6 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise config_lib.ConfigError("config.optimizer.grad_clip_norm needs the global gradient "
                                      "norm, which the parallel step does not compute; set it "
                                      "to 0 or train on one device")
+    workdir = prepare_workdir(workdir)   # after sources and layout: bad input writes nothing
     state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, layout)
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
                  config.model.variant, config.model.width, f"{model.num_params():,}",

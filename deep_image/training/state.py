@@ -16,7 +16,6 @@ import optax
 import optax.contrib
 
 
-
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array          # optimizer steps taken
