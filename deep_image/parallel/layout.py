@@ -125,12 +125,12 @@ class Layout:
     """Per-parameter layouts of one model on one mesh, and the FC axis the step splits over."""
     leaves: dict              # {layer: {name: LeafLayout}}
     fc_axis: str | None       # the mesh axis FC slices are spread over (None: no FC split)
-    axes: tuple[str, ...]     # mesh axes with more than one device, in mesh order
     mesh_shape: dict          # {axis: devices}
 
     @property
-    def is_canonical(self) -> bool:
-        return not any(lf.flat or lf.split_dim is not None for lf in self.leaf_list())
+    def axes(self) -> tuple[str, ...]:
+        """Mesh axes with more than one device, in mesh order."""
+        return tuple(a for a, n in self.mesh_shape.items() if n > 1)
 
     def leaf_list(self):
         return [lf for layer in self.leaves.values() for lf in layer.values()]
@@ -165,7 +165,7 @@ class Layout:
         return jax.tree.map(lambda s: NamedSharding(mesh, s), self.state_specs(tree))
 
     def describe(self) -> dict:
-        return {"fc_axis": self.fc_axis, "axes": list(self.axes), "mesh": dict(self.mesh_shape),
+        return {"fc_axis": self.fc_axis, "mesh": dict(self.mesh_shape),
                 "leaves": {k: {n: lf.describe() for n, lf in v.items()}
                            for k, v in self.leaves.items()}}
 
@@ -175,7 +175,7 @@ class Layout:
             return LeafLayout(**{**x, "shape": tuple(x["shape"]),
                                  "owner_axes": tuple(x["owner_axes"])})
         return cls(leaves={k: {n: leaf(x) for n, x in v.items()} for k, v in d["leaves"].items()},
-                   fc_axis=d["fc_axis"], axes=tuple(d["axes"]), mesh_shape=dict(d["mesh"]))
+                   fc_axis=d["fc_axis"], mesh_shape=dict(d["mesh"]))
 
 
 def param_key(path) -> tuple[str, str] | None:
@@ -252,7 +252,7 @@ def plan(abstract_params, mesh_shape: dict, parallelism: str, rules) -> Layout:
                 shape=shape, split_dim=split_dim, split_axis=fc_axis if split_dim is not None
                 else None, splits=splits, owner_axes=owner_axes,
                 owners=math.prod(mesh_shape[a] for a in owner_axes))
-    layout = Layout(leaves=leaves, fc_axis=fc_axis, axes=axes, mesh_shape=dict(mesh_shape))
+    layout = Layout(leaves=leaves, fc_axis=fc_axis, mesh_shape=dict(mesh_shape))
     _check_fc_chain(layout)
     return layout
 
