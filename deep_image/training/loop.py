@@ -105,10 +105,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # ------------------------------------------------------------------ mesh
     mesh = mesh_lib.make_mesh(config.mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] % mesh.size:
-            raise config_lib.ConfigError(f"config.{key}={config[key]} does not split over the "
-                                         f"{mesh.size} devices of the mesh; make it a multiple")
+    if config.batch_size % mesh.size:
+        raise config_lib.ConfigError(f"config.batch_size={config.batch_size} does not split "
+                                     f"over the {mesh.size} devices of the mesh; make it a "
+                                     "multiple")
+    if config.eval_batch_size % mesh.size:   # padding examples are masked: round up
+        rounded = -(-config.eval_batch_size // mesh.size) * mesh.size
+        logging.warning("config.eval_batch_size %d -> %d, to split over %d devices",
+                        config.eval_batch_size, rounded, mesh.size)
+        config.eval_batch_size = rounded
     replicated = mesh_lib.replicated(mesh)
 
     # ------------------------------------------------------------------ input
