@@ -66,7 +66,7 @@ def main():
     key = jax.random.PRNGKey(config.seed)
     memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh)) \
         .lower(key).compile().memory_analysis()
-    step, _ = step_lib.make_parallel_train_step(model, tx, config, mesh, layout, pstate)
+    step = step_lib.make_parallel_train_step(model, tx, config, mesh, layout, pstate)
     hlo = step.lower(pstate, batches[0]).compile().as_text()
     losses, diffs = [], []
     for i, b in enumerate(batches):

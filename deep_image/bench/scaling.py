@@ -171,12 +171,7 @@ def compile_one(strategy: str, devices: int, dtype: str) -> dict:
     batch = {"image": jax.ShapeDtypeStruct((c.batch_size, c.data.crop, c.data.crop, 3),
                                            jnp.uint8, sharding=batch_sharding),
              "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32, sharding=batch_sharding)}
-    if devices > 1:
-        step, _ = step_lib.make_parallel_train_step(model, tx, c, mesh, layout, state)
-    else:
-        shardings = jax.tree.map(lambda s: s.sharding, state)
-        step = step_lib.make_train_step(model, tx, c, shardings, batch_sharding,
-                                        mesh_lib.replicated(mesh))
+    step = step_lib.build_train_step(model, tx, c, mesh, layout, state)
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
     ops = collectives(compiled.as_text(), devices, lowered_types(lowered.as_text()),

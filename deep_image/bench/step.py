@@ -109,13 +109,9 @@ def main(argv):
     tx, plateau = state_lib.make_optimizer(c.optimizer), state_lib.make_plateau(c.schedule)
     layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), c.parallelism,
                              c.sharding_rules)
-    state, shardings = state_lib.create(model, tx, plateau, c, mesh, layout)
+    state, _ = state_lib.create(model, tx, plateau, c, mesh, layout)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    if mesh.size > 1:
-        step_fn, _ = step_lib.make_parallel_train_step(model, tx, c, mesh, layout, state)
-    else:
-        step_fn = step_lib.make_train_step(model, tx, c, shardings, batch_sharding,
-                                           mesh_lib.replicated(mesh))
+    step_fn = step_lib.build_train_step(model, tx, c, mesh, layout, state)
     rng = np.random.default_rng(0)
     fixed = {"image": jax.device_put(rng.integers(0, 256, (c.batch_size, c.data.crop,
                                                             c.data.crop, 3), dtype=np.uint8),

@@ -164,12 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                     canonical)
 
     # ------------------------------------------------------------------ steps
-    if mesh.size > 1:   # §3.1 / §3.2: one shard_map program (training/step.py)
-        train_step, _ = step_lib.make_parallel_train_step(model, tx, config, mesh, layout,
-                                                          state)
-    else:
-        train_step = step_lib.make_train_step(model, tx, config, shardings, batch_sharding,
-                                              replicated)
+    train_step = step_lib.build_train_step(model, tx, config, mesh, layout, state)
     # each process saved its own position in the data; on another process count the stream
     # restarts at the step's global batch instead
     saved_processes = (ckpt.meta() or {}).get("processes", pcount)

@@ -80,9 +80,19 @@ def make_eval_step(model, config, params_shardings, batch_sharding, out_sharding
                    out_shardings=out_sharding)
 
 
+def build_train_step(model, tx, config, mesh, layout, state):
+    """The train step for `mesh`: §3's shard_map step on several devices, the plain jitted step
+    on one. `state` (arrays or ShapeDtypeStructs) carries the shardings."""
+    from deep_image.parallel import mesh as mesh_lib
+    if mesh.size > 1:
+        return make_parallel_train_step(model, tx, config, mesh, layout, state)
+    return make_train_step(model, tx, config, jax.tree.map(lambda x: x.sharding, state),
+                           mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh))
+
+
 def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
-    """The train step of §3 over a mesh of several devices, as one `jax.shard_map` program.
-    Returns (jitted step, state shardings); the state is in `layout`'s stored form.
+    """The train step of §3 over a mesh of several devices, as one `jax.shard_map` program,
+    jitted with the state (in `layout`'s stored form) donated.
 
     Per device: all-gather the owned parts of the weights (lazy update); conv layers on this
     device's 1/N of the batch (data parallel, §3.1); the FC layers on the rows of the devices
@@ -147,8 +157,7 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
     named = lambda tree: jax.tree.map(lambda s: NamedSharding(mesh, s), tree)   # noqa: E731
     shardings = named(specs)
     return jax.jit(step, in_shardings=(shardings, named(batch_spec)),
-                   out_shardings=(shardings, NamedSharding(mesh, P())),
-                   donate_argnums=0), shardings
+                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 
 def _stride(mesh, axis: str) -> int:
