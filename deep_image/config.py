@@ -36,9 +36,12 @@ def base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"        # see deep_image.data.sources.SOURCES
     c.data.root = ""                   # dataset directory, for sources read from disk
+    # Splits (data/splits.py: a dataset's own split, or a per-class slice like train[:10%]).
+    # Only val_split feeds decisions (the §5.1 schedule); eval_split is the reported split,
+    # evaluated during training for curves only. The three must not overlap (config.check).
     c.data.train_split = "train"
-    c.data.val_split = "val"           # monitored by the schedule; "" monitors eval_split
-    c.data.eval_split = "test"         # periodic and final evaluation
+    c.data.val_split = "val"           # "": none; no plateau decisions (see schedule)
+    c.data.eval_split = "test"         # reported: periodic curves and the final result
     c.data.scale = constants.TRAIN_SCALES[0]   # images are resized to scale x scale (§4.2)
     c.data.crop = constants.CROP_SIZE          # then cropped to crop x crop (§5.1)
     c.data.resize = "square"           # square: scale x scale (§4.2); shorter_side: keep aspect
@@ -89,7 +92,9 @@ def base() -> ml_collections.ConfigDict:
     c.optimizer.nesterov = False
     c.optimizer.grad_clip_norm = 0.0   # 0: off
 
-    # §5.1: divide the learning rate by ten when validation accuracy stops increasing.
+    # §5.1: divide the learning rate by ten when validation accuracy stops increasing. The
+    # schedule watches config.eval.headline (the benchmark's own metric) on data.val_split.
+    # Without a val split the rate is constant but for decay_steps.
     c.schedule = ml_collections.ConfigDict()
     c.schedule.factor = constants.LR_DECAY_FACTOR
     c.schedule.patience = 2            # evaluations without improvement before dividing
@@ -97,6 +102,9 @@ def base() -> ml_collections.ConfigDict:
     c.schedule.rtol = 1e-4             # relative improvement in error that counts
     c.schedule.min_scale = 1e-3        # floor: the rate never goes below min_scale * lr
     c.schedule.warmup_steps = 0        # linear warm-up from 0 (0: none)
+    # Fixed divisions by `factor` at these steps (e.g. a plateau schedule recorded on a
+    # train/val run, replayed when retraining on train+val: benchmarks.recorded_decay_steps)
+    c.schedule.decay_steps = ()
 
     # Fine-tuning (§5): start from another run's weights; which layers train.
     c.init_from = ""                   # a workdir (its latest checkpoint) or a checkpoint dir
@@ -167,6 +175,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     need(config.data.source in sources.SOURCES,
          f"config.data.source={config.data.source!r} is not a dataset; choose one of "
          f"{', '.join(sorted(sources.SOURCES))}")
+    _check_splits(config.data, need)
     need(config.data.resize in ("square", "shorter_side"),
          f"config.data.resize={config.data.resize!r}; choose square or shorter_side")
     need(0 < config.data.crop <= config.data.scale,
@@ -201,4 +210,33 @@ def check(config: ml_collections.ConfigDict) -> None:
         need(config[key] > 0, f"config.{key} must be > 0, got {config[key]}")
     need(config.optimizer.learning_rate > 0, "config.optimizer.learning_rate must be > 0")
     need(0 < config.schedule.factor < 1, "config.schedule.factor must be in (0, 1)")
+    need(config.schedule.rtol > 0, "config.schedule.rtol (the relative improvement that "
+         "counts) must be > 0")
+    need(all(int(s) == s and s > 0 for s in config.schedule.decay_steps),
+         f"config.schedule.decay_steps={tuple(config.schedule.decay_steps)}: give positive "
+         "step numbers")
     need(config.keep_checkpoints >= 1, "config.keep_checkpoints must be >= 1")
+
+
+def _check_splits(data, need) -> None:
+    """No decision sees the reported split: the schedule's split and the training split are
+    disjoint from eval_split, and validation is disjoint from training."""
+    from deep_image.data import splits
+    names = {"train_split": data.train_split, "eval_split": data.eval_split}
+    if data.val_split:
+        names["val_split"] = data.val_split
+    for key, name in names.items():
+        splits.parse(name)     # a malformed slice is a DataError naming it
+    need(not splits.overlaps(data.eval_split, data.train_split),
+         f"config.data.eval_split={data.eval_split!r} overlaps train_split="
+         f"{data.train_split!r}: the reported split must be unseen in training")
+    if data.val_split:
+        need(not splits.overlaps(data.val_split, data.eval_split),
+             f"config.data.val_split={data.val_split!r} overlaps the reported eval_split="
+             f"{data.eval_split!r}: the schedule would be tuned on the test set; hold out "
+             "part of the training split instead, e.g. val_split='train[:10%]' with "
+             "train_split='train[10%:]', or set val_split='' (no plateau decisions)")
+        need(not splits.overlaps(data.val_split, data.train_split),
+             f"config.data.val_split={data.val_split!r} overlaps train_split="
+             f"{data.train_split!r}: validate on examples the model does not train on, e.g. "
+             "val_split='train[:10%]' with train_split='train[10%:]'")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from deep_image.config import ConfigError
 from deep_image.data.errors import DataError
@@ -52,8 +54,29 @@ def _parse_flags(argv):
     return rest
 
 
-def run_app(main, required=()):
-    """absl's app.run, with flag and config errors reported as one line."""
+class QuietLibraries(logging.Filter):
+    """Keeps the libraries' chatter (orbax's per-save and per-restore INFO, its read-only
+    notices, grain's and JAX's) out of what the user reads: only records at `level` or above
+    pass from them; our own records always pass."""
+
+    LIBRARIES = ("/orbax/", "/grain/", "/absl/", "/jax/", "/jaxlib/", "/etils/", "/flax/")
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record):
+        return record.levelno >= self.level or not any(
+            part in record.pathname for part in self.LIBRARIES)
+
+
+def run_app(main, required=(), library_level: int = logging.WARNING):
+    """absl's app.run, with flag and config errors reported as one line, and library log
+    records below `library_level` dropped."""
     for name in required:
         flags.mark_flag_as_required(name)
-    app.run(main, flags_parser=_parse_flags)
+
+    def quiet_main(argv):
+        absl_logging.get_absl_handler().addFilter(QuietLibraries(library_level))
+        return main(argv)
+    app.run(quiet_main, flags_parser=_parse_flags)

@@ -3,19 +3,22 @@
     python -m deep_image.evaluate --workdir=DIR [--config=FILE] [--config.eval.protocol=dense]
 
 Prints a table and writes WORKDIR/eval.json: eval/top1, eval/top5, eval/mean_per_class,
-eval/headline (+ its name), and per-class accuracies. Without --config the run's saved
+eval/headline (+ its name), the split and protocol, and per-class accuracies. The default split
+is the reported one (config.data.eval_split); evaluate it once, for reporting, never to choose. Without --config the run's saved
 config.json is used; `--config.key=value` then needs --config.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from deep_image import errors
+from deep_image.evaluation.metrics import HEADLINE_NAMES
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (default: the run's).",
                                 lock_config=True)
@@ -28,7 +31,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from deep_image import config as config_lib
     from deep_image.data import sources
-    from deep_image.evaluation import protocol
+    from deep_image.evaluation.evaluator import Evaluator, Protocol
     from deep_image.training.checkpoint import Trained
 
     with errors.one_line():
@@ -41,20 +44,21 @@ def main(argv):
         if list(source.class_names) != run.class_names:
             raise errors.ConfigError("the dataset's classes differ from the checkpoint's: "
                                      "evaluate with the config the model was trained with")
-        probs, labels = protocol.split_posteriors(run.model, run.params, source, run.config)
-        values, per_class = protocol.metrics(probs, labels, run.config.eval.headline)
+        protocol = Protocol.of(run.config)
+        headline = run.config.eval.headline
+        counts = Evaluator(run.model, run.config, source, protocol, cache=False).counts(
+            run.params)
+        values = counts.summary("eval", headline)
 
-    e = run.config.eval
-    print(f"{flags.FLAGS.workdir}  step {run.step}  split {split}  protocol {e.protocol}"
-          f"{' scales ' + str(tuple(e.scales)) if e.protocol == 'dense' else ''}"
-          f"{' +flip' if e.flip else ''}{' +bbox' if e.bbox else ''}")
-    for key in ("eval/top1", "eval/top5", "eval/mean_per_class", "eval/examples"):
-        print(f"  {key:<22}{values[key]:.4f}" if key != "eval/examples"
-              else f"  {key:<22}{int(values[key])}")
-    print(f"  headline: {values['eval/headline_name']} = {values['eval/headline']:.4f}")
-    out = {**values, "step": run.step, "split": split,
+    print(f"{flags.FLAGS.workdir}  step {run.step}  split {split}  {protocol.describe()}")
+    for key in ("eval/top1", "eval/top5", "eval/mean_per_class"):
+        print(f"  {key:<22}{values[key]:.4f}")
+    print(f"  {'eval/examples':<22}{int(values['eval/examples'])}")
+    print(f"  headline: {HEADLINE_NAMES[headline]} = {values['eval/headline']:.4f}")
+    out = {**values, "eval/headline_name": HEADLINE_NAMES[headline], "step": run.step,
+           "split": split, "protocol": protocol.describe(),
            "per_class": {n: (None if a != a else float(a))
-                         for n, a in zip(run.class_names, per_class)}}
+                         for n, a in zip(run.class_names, counts.per_class_accuracy())}}
     path = os.path.join(flags.FLAGS.workdir, "eval.json")
     with open(path + ".tmp", "w") as f:
         json.dump(out, f, indent=2)
@@ -63,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    errors.run_app(main, required=["workdir"])
+    errors.run_app(main, required=["workdir"], library_level=logging.ERROR)

@@ -8,6 +8,7 @@ An unreadable file gets a one-line error and the others are still predicted; the
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import numpy as np
@@ -19,48 +20,51 @@ flags.DEFINE_string("workdir", None, "The run's directory.")
 flags.DEFINE_integer("top", 5, "How many classes to print per image.")
 
 
+class _Images:
+    """The readable files as a source, for the evaluator (labels are placeholders)."""
+
+    def __init__(self, images, class_names):
+        self._images, self.class_names = images, class_names
+
+    def __len__(self):
+        return len(self._images)
+
+    def __getitem__(self, index):
+        return {"image": self._images[int(index)], "label": 0}
+
+
 def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("name at least one image file")
-    import jax
-
-    from deep_image.data import decode, transforms
-    from deep_image.evaluation import dense as dense_lib
+    from deep_image.data import decode
+    from deep_image.evaluation.evaluator import Evaluator, Protocol
     from deep_image.training.checkpoint import Trained
-    from deep_image.training.step import normalize
 
     with errors.one_line():
         run = Trained(flags.FLAGS.workdir)
-    c = run.config
-    is_dense = c.eval.protocol == "dense"
-    scales = tuple(c.eval.scales) or (c.data.scale,)
-
-    @jax.jit
-    def score(params, images):
-        return dense_lib.posteriors(run.model, params, normalize(images, c.data.mean, c.data.std),
-                                    dense=is_dense, flip=bool(c.eval.flip))
-
-    failed = 0
-    k = min(flags.FLAGS.top, len(run.class_names))
+    readable, images, failed = [], [], 0
     for path in paths:
         image, reason = decode.read(path)
         if image is None:
             print(f"error: {path}: {reason}", file=sys.stderr)
             failed += 1
-            continue
-        probs = 0
-        for scale in scales:
-            x = transforms.eval_transform({"image": image, "label": 0}, scale=scale,
-                                          crop=None if is_dense else c.data.crop,
-                                          resize_mode="square" if is_dense else c.data.resize)
-            probs = probs + np.asarray(score(run.params, x["image"][None]))[0]
-        probs = probs / len(scales)
-        best = np.argsort(-probs)[:k]
-        print(f"{path}: " + ", ".join(f"{run.class_names[i]} {probs[i]:.3f}" for i in best))
+        else:
+            readable.append(path)
+            images.append(image)
+    if images:
+        # the config's test protocol, through the same evaluator as `evaluate`
+        probs, _ = Evaluator(run.model, run.config, _Images(images, run.class_names),
+                             Protocol.of(run.config), cache=False,
+                             batch_size=min(len(images), run.config.eval_batch_size)
+                             ).posteriors(run.params)
+        k = min(flags.FLAGS.top, len(run.class_names))
+        for path, p in zip(readable, probs):
+            best = np.argsort(-p)[:k]
+            print(f"{path}: " + ", ".join(f"{run.class_names[i]} {p[i]:.3f}" for i in best))
     if failed:
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    errors.run_app(main, required=["workdir"])
+    errors.run_app(main, required=["workdir"], library_level=logging.ERROR)

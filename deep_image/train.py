@@ -6,9 +6,7 @@ misspelled key is an error. Running the same command again resumes from the late
 
 from __future__ import annotations
 
-import logging as pylogging
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from deep_image import errors
@@ -19,18 +17,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (get_con
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Keeps orbax's and grain's per-save INFO chatter out of the training log."""
-
-    def filter(self, record):
-        return record.levelno >= pylogging.WARNING or not any(
-            part in record.pathname for part in ("/orbax/", "/grain/", "/absl/", "/jax/"))
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     distributed.initialize()      # before anything touches a JAX backend
     from deep_image.training import loop
     config = flags.FLAGS.config
@@ -39,8 +28,9 @@ def main(argv):
     if result.get("preempted"):
         print(f"preempted at step {result['step']}; checkpoint saved, rerun to resume")
         return
-    print(f"final test top-1: {result['eval/top1']:.4f}  top-5: {result['eval/top5']:.4f}  "
-          f"mean per class: {result['eval/mean_per_class']:.4f}  (step {result['step']})")
+    print(f"final {result['split']} top-1: {result['eval/top1']:.4f}  top-5: "
+          f"{result['eval/top5']:.4f}  mean per class: {result['eval/mean_per_class']:.4f}  "
+          f"(step {result['step']})")
 
 
 def run():

@@ -9,7 +9,6 @@ ways of computing an FC layer are checked too.
 
 import json
 import os
-import re
 import sys
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import tiny_config  # noqa: E402
 from deep_image import models  # noqa: E402
+from deep_image.bench.scaling import collectives  # noqa: E402
 from deep_image.parallel import layout as layout_lib  # noqa: E402
 from deep_image.parallel import mesh as mesh_lib  # noqa: E402
 from deep_image.training import state as state_lib  # noqa: E402
@@ -25,6 +25,17 @@ from deep_image.training import step as step_lib  # noqa: E402
 
 STEPS = 3
 COLUMNS = ((r"^fc1/", ()), (r"^fc[23]/kernel$", (None, "model")), (r"^fc[23]/bias$", ("model",)))
+
+
+def collective_summary(hlo: str) -> dict:
+    """Counts of reduce-scatters and all-gathers, and the shape of every array any all-reduce
+    returns (tuple-shaped and async `-start` all-reduces included), read by the scaling
+    report's HLO parser."""
+    ops = collectives(hlo, 8)
+    return {"reduce_scatter": sum(o["kind"] == "reduce-scatter" for o in ops),
+            "all_gather": sum(o["kind"] == "all-gather" for o in ops),
+            "all_reduce_shapes": [s for o in ops if o["kind"] == "all-reduce"
+                                  for s in o["shapes"]]}
 
 
 def main():
@@ -87,8 +98,7 @@ def main():
         "max_param_diff": diffs, "init_diff": init_diff,
         "init_output_bytes": memory.output_size_in_bytes,
         "init_temp_bytes": memory.temp_size_in_bytes, "param_bytes": model.num_params() * 4,
-        "reduce_scatter": hlo.count("reduce-scatter("), "all_gather": hlo.count("all-gather("),
-        "all_reduce_shapes": re.findall(r"= (\S+) all-reduce\(", hlo),
+        **collective_summary(hlo),
         "shards": shards, "momentum_shards": momentum,
         "local_shapes": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
                          for n, lf in v.items()},

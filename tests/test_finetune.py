@@ -24,24 +24,30 @@ def pretrained(tmp_path_factory):
     return str(wd)
 
 
-@pytest.mark.parametrize("mode,trained", [("last", {"fc3"}), ("fc", {"fc1", "fc2", "fc3"})])
-def test_frozen_layers_stay_bit_identical(pretrained, tmp_path, mode, trained):
+LAYERS = {"conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2", "conv5_1",
+          "conv5_2", "fc1", "fc2", "fc3"}
+
+
+@pytest.mark.parametrize("mode,trained", [("last", {"fc3"}), ("fc", {"fc1", "fc2", "fc3"}),
+                                          ("all", LAYERS)])
+def test_finetune_modes_train_exactly_their_layers(pretrained, tmp_path, mode, trained):
+    """Same class count, so every layer (the classifier too) starts from the pre-trained
+    weights: trained layers must move, frozen ones stay bit-identical."""
     wd = tmp_path / mode
-    # 4 classes instead of 16: the classifier is re-initialized, the log says so.
     proc = run_train(wd, f"--config.init_from={pretrained}", f"--config.finetune={mode}",
-                     "--config.data.synthetic.num_classes=4", "--config.total_steps=10",
-                     "--config.eval_every_steps=10", "--config.checkpoint_every_steps=10")
+                     "--config.total_steps=10", "--config.eval_every_steps=10",
+                     "--config.checkpoint_every_steps=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "re-initializing the classifier fc3/kernel" in proc.stderr
+    assert "initialized from" in proc.stderr and "re-initializing" not in proc.stderr
     before, after = _state(pretrained, 20)["params"], _state(wd, 10)["params"]
-    assert after["fc3"]["kernel"].shape[-1] == 4
+    assert set(after) == LAYERS
     for layer in after:
         for name in after[layer]:
-            same = np.array_equal(before[layer][name], after[layer][name])
-            if layer in trained:
-                assert not same, (layer, name)
-            else:
-                assert same, (layer, name)
+            a, b = after[layer][name], before[layer][name]
+            assert a.shape == b.shape
+            assert np.array_equal(a, b) != (layer in trained), (mode, layer, name)
+            # trained layers moved from the pre-trained weights, not from a fresh init
+            assert np.linalg.norm(a - b) < 0.5 * np.linalg.norm(b) + 1e-3, (layer, name)
     # Frozen layers carry no optimizer state: the momentum trace covers trained layers only.
     opt_leaves = jax.tree_util.tree_flatten_with_path(_state(wd, 10)["opt_state"])[0]
     layers_with_state = {str(p[-2].key) for p, _ in opt_leaves if len(p) >= 2
@@ -49,11 +55,17 @@ def test_frozen_layers_stay_bit_identical(pretrained, tmp_path, mode, trained):
     assert layers_with_state == trained
 
 
-def test_finetune_all_loads_every_layer(pretrained, tmp_path):
-    proc = run_train(tmp_path / "all", f"--config.init_from={pretrained}",
-                     "--config.total_steps=5", "--config.eval_every_steps=5")
+def test_new_class_count_reinitializes_only_the_classifier(pretrained, tmp_path):
+    wd = tmp_path / "four"
+    proc = run_train(wd, f"--config.init_from={pretrained}", "--config.finetune=last",
+                     "--config.data.synthetic.num_classes=4", "--config.total_steps=10",
+                     "--config.eval_every_steps=10", "--config.checkpoint_every_steps=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "initialized from" in proc.stderr and "re-initializing" not in proc.stderr
+    assert "re-initializing the classifier fc3/kernel" in proc.stderr
+    before, after = _state(pretrained, 20)["params"], _state(wd, 10)["params"]
+    assert after["fc3"]["kernel"].shape == (before["fc3"]["kernel"].shape[0], 4)
+    assert all(np.array_equal(before[l][n], after[l][n]) for l in after if l != "fc3"
+               for n in after[l])
 
 
 @pytest.mark.parametrize("overrides,message", [

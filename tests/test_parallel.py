@@ -56,7 +56,7 @@ def test_state_is_created_sharded(result):
 
 def test_gradients_sync_by_reduce_scatter_and_all_gather(result):
     assert result["reduce_scatter"] >= 1 and result["all_gather"] >= 1
-    shapes = [s.split("{")[0] for s in result["all_reduce_shapes"]]
+    shapes = result["all_reduce_shapes"]
     scalars = ("f32[]", "s32[]")          # the loss and the hit count
     if result["mode"] == "data":
         # no all-reduce of a gradient: only the scalar loss and accuracy are all-reduced
@@ -135,3 +135,20 @@ def test_layout_round_trip_and_fc_axis():
 def test_bad_rules_and_meshes_say_what_to_do(mesh, parallelism, rules, words):
     with pytest.raises(layout_lib.LayoutError, match=words.replace("(", r"\(").replace(")", r"\)")):
         _plan(mesh, parallelism, rules)
+
+
+def test_gradient_all_reduce_check_sees_tuple_and_async_all_reduces():
+    """The HLO reading behind test_gradients_sync_by_reduce_scatter_and_all_gather: XLA may
+    combine all-reduces into one tuple-shaped op, or issue them async (-start/-done)."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from butterfly_equivalence import collective_summary
+    hlo = """
+  %ar = (f32[3,3,3,4]{3,2,1,0}, f32[]) all-reduce(%g, %l), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
+  %ars = f32[256,16]{1,0} all-reduce-start(%g2), channel_id=2, replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
+  %ard = f32[256,16]{1,0} all-reduce-done(%ars)
+  %rs = f32[14]{0} reduce-scatter(%g3), channel_id=3, replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}, to_apply=%add
+  %ags = (f32[14]{0}, f32[112]{0}) all-gather-start(%p), channel_id=4, replica_groups={{0,1,2,3,4,5,6,7}}, dimensions={0}
+"""
+    got = collective_summary(hlo)
+    assert got["all_reduce_shapes"] == ["f32[3,3,3,4]", "f32[]", "f32[256,16]"]
+    assert got["reduce_scatter"] == 1 and got["all_gather"] == 1

@@ -74,12 +74,14 @@ def _fgvc(root, missing=()):
     classes = ["707-320", "A300B4", "Cessna 172"]
     data.mkdir(parents=True)
     (data / "variants.txt").write_text("\n".join(classes) + "\n")
-    lines = {"trainval": [], "test": []}
+    lines = {"train": [], "val": [], "trainval": [], "test": []}
     boxes = []
     for i in range(12):
         name = f"{1000000 + i:07d}"
-        split = "test" if i % 3 == 0 else "trainval"
-        lines[split].append(f"{name} {classes[i % 3]}")
+        # the official lists: trainval is train + val
+        splits = ("test",) if i % 3 == 0 else ("train" if i % 2 else "val", "trainval")
+        for split in splits:
+            lines[split].append(f"{name} {classes[i % 3]}")
         boxes.append(f"{name} 5 6 70 50")
         if name not in missing:
             _jpeg(data / "images" / f"{name}.jpg", h=80, banner=archives.FGVC_BANNER_PIXELS)

@@ -109,8 +109,8 @@ def lowered_types(stablehlo: str) -> dict:
 
 def collectives(hlo: str, devices: int, emitted: dict | None = None,
                 node_size: int = 4) -> list[dict]:
-    """Every collective of a compiled (optimized) HLO module: kind, scope, group size, the
-    per-device payload (reduce-scatter: its input), the ring bytes one device sends, and
+    """Every collective of a compiled (optimized) HLO module, synchronous or async (`-start`),
+    one array or a tuple of them: kind, scope, group size, result shapes, the per-device payload (reduce-scatter: its input), the ring bytes one device sends, and
     whether its group fits in one node of `node_size` devices. `emitted` (from
     `lowered_types`) restores element types the CPU backend promoted."""
     from deep_image.parallel.butterfly import GATHER_SCOPE, SYNC_SCOPE
@@ -132,6 +132,7 @@ def collectives(hlo: str, devices: int, emitted: dict | None = None,
         scope = ("butterfly_sync" if SYNC_SCOPE in line else
                  "lazy_gather" if GATHER_SCOPE in line else "activations")
         out.append({"kind": kind, "scope": scope, "group": g, "payload_bytes": payload,
+                    "shapes": [f"{dt}[{dims}]" for dt, dims in _SHAPE.findall(shape)],
                     "intra_node": len({d // node_size for d in group}) == 1,
                     "ring_bytes": _RING[kind] * (g - 1) / g * payload if g > 1 else 0.0})
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
+import numpy as np
 
 from deep_image.data import decode
 from deep_image.data.errors import DataError
@@ -43,6 +44,9 @@ class FileSource:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def labels(self) -> np.ndarray:
+        return np.array([rec[1] for rec in self._records], np.int64)
 
     def __getitem__(self, index: int):
         rec = self._records[int(index)]

@@ -103,13 +103,13 @@ class EvalData:
 
     def __init__(self, source, config, *, process_index: int = 0, process_count: int = 1,
                  cache: bool = True, scale: int | None = None, crop: int | None = -1,
-                 use_box: bool = False):
+                 use_box: bool = False, batch_size: int | None = None):
         """`scale` defaults to config.data.scale, `crop` to config.data.crop (None: the whole
-        resized image, for dense testing)."""
+        resized image, for dense testing), `batch_size` (global) to config.eval_batch_size."""
         d = config.data
         scale = d.scale if scale is None else scale
         crop = d.crop if crop == -1 else crop
-        self.batch_size = local_batch_size(config.eval_batch_size, process_count)
+        self.batch_size = local_batch_size(batch_size or config.eval_batch_size, process_count)
         self.size = len(source)
         per_process = math.ceil(self.size / process_count)
         self.num_batches = max(1, math.ceil(per_process / self.batch_size))

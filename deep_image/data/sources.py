@@ -1,13 +1,14 @@
 """Dataset sources: a name in `config.data.source` -> a random-access source per split.
 
 A source has `len()`, `[i] -> {'image': uint8 HxWx3 RGB, 'label': int[, 'bbox']}` or None for
-an example that cannot be read (the pipeline skips it), and `class_names`. Add a dataset by
+an example that cannot be read (the pipeline skips it), `class_names`, and `labels()` (every
+example's label, cheaply: it defines the per-class validation slices of data/splits.py). Add a dataset by
 writing a function `(data_config, split) -> source` and listing it in SOURCES.
 """
 
 from __future__ import annotations
 
-from deep_image.data import archives, synthetic, tfds_sources
+from deep_image.data import archives, splits, synthetic, tfds_sources
 from deep_image.data.errors import DataError
 
 
@@ -46,10 +47,11 @@ SOURCES = {
 
 
 def get_source(data_config, split: str):
-    """The source of `split` of the dataset `data_config.source` names."""
+    """The source of `split` of the dataset `data_config.source` names; a per-class slice
+    such as `train[:10%]` (data/splits.py) is cut from its base split's source."""
     try:
         make = SOURCES[data_config.source]
     except KeyError:
         raise DataError(f"unknown dataset {data_config.source!r}; choose one of "
                         f"{', '.join(sorted(SOURCES))}") from None
-    return make(data_config, split)
+    return splits.select(make(data_config, splits.parse(split).base), split)

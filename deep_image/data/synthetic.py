@@ -187,6 +187,12 @@ def _lens_maps(size: int, k: float, stretch: tuple[float, float]):
            ((y * f * stretch[1]) * c + c).astype(np.float32)
 
 
+def _rng_and_label(spec: SynthBirdsSpec, split: str, index: int):
+    """The generator that draws everything about an example, after drawing its label."""
+    rng = np.random.default_rng((spec.seed, SPLITS[split], index))
+    return rng, int(rng.integers(spec.num_classes))
+
+
 def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, int]:
     """The (image uint8 HxWx3 RGB, label) at `index` of `split`."""
     if split not in SPLITS:
@@ -194,8 +200,7 @@ def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, in
     n = spec.split_size(split)
     if not 0 <= index < n:
         raise IndexError(f"index {index} out of range for the {n}-image {split} split")
-    rng = np.random.default_rng((spec.seed, SPLITS[split], index))
-    label = int(rng.integers(spec.num_classes))
+    rng, label = _rng_and_label(spec, split, index)
     attrs = _attributes_of(label, spec.num_classes, rng)
     size = spec.native_size
     img = _background(rng, size, spec.clutter)
@@ -248,6 +253,10 @@ class SynthBirds:
     def __getitem__(self, index: int) -> dict:
         image, label = render(self.spec, self.split, int(index))
         return {"image": image, "label": label}
+
+    def labels(self) -> np.ndarray:
+        """Every example's label, without rendering (for stratified slices)."""
+        return np.array([_rng_and_label(self.spec, self.split, i)[1] for i in range(len(self))])
 
     def __repr__(self) -> str:
         return f"SynthBirds({self.split}, {len(self)} images, {self.spec})"

@@ -39,10 +39,26 @@ class TfdsSource:
                             f"({type(e).__name__}: {first}); "
                             f"{how_to_prepare(self.tfds_name, data_dir)}") from None
         self.class_names = list(self._ds.dataset_info.features["label"].names)
+        self._split, self._data_dir = split, data_dir
         self.skips = decode.SkipCounter(f"{name}/{split}")
 
     def __len__(self) -> int:
         return len(self._ds)
+
+    def labels(self) -> np.ndarray:
+        """Every record's label (for stratified slices), read without decoding images where
+        TFDS allows it (real array_record files), else from whole records."""
+        import tensorflow_datasets as tfds
+        ds = self._ds
+        try:
+            fast = tfds.data_source(self.tfds_name, split=self._split,
+                                    data_dir=self._data_dir or None, download=False,
+                                    decoders={"image": tfds.decode.SkipDecoding()})
+            fast[0]
+            ds = fast
+        except Exception:   # e.g. TFDS mock data, which encodes examples with TensorFlow
+            pass
+        return np.array([int(ds[i]["label"]) for i in range(len(ds))], np.int64)
 
     def __getitem__(self, index: int):
         try:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from deep_image.data import augment
+from deep_image.data.errors import DataError
 
 
 def resize(image: np.ndarray, scale: int, mode: str = "square") -> np.ndarray:
@@ -46,21 +47,28 @@ def train_transform(example: dict, rng: np.random.Generator, *, scale: int, crop
 
 
 def crop_to_box(image: np.ndarray, box) -> np.ndarray:
-    """The (xmin, ymin, xmax, ymax) pixel box, clipped to the image; the image if degenerate."""
+    """The (xmin, ymin, xmax, ymax) pixel box, clipped to the image. A box that leaves less
+    than 2x2 pixels is a DataError: scoring the whole image instead would be silent."""
     h, w = image.shape[:2]
     x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
     x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
-    return image[y0:y1, x0:x1] if x1 - x0 >= 2 and y1 - y0 >= 2 else image
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise DataError(f"box {tuple(box)} leaves no pixels of a {w}x{h} image")
+    return image[y0:y1, x0:x1]
 
 
 def eval_transform(example: dict, *, scale: int, crop: int | None,
                    resize_mode: str = "square", use_box: bool = False) -> dict | None:
-    """Resize (after cutting to the box when asked and known), then the centre crop; with
-    `crop=None` the whole resized image (dense testing)."""
+    """Resize (after cutting to the box when asked), then the centre crop; with `crop=None`
+    the whole resized image (dense testing). `use_box` on an example without a box is a
+    DataError (config.eval.bbox needs a dataset with boxes for every test image)."""
     if example is None:
         return None
     image = example["image"]
-    if use_box and example.get("bbox") is not None:
+    if use_box:
+        if example.get("bbox") is None:
+            raise DataError("config.eval.bbox=True, but a test example has no box; evaluate "
+                            "with boxes only on a dataset that has one for every image (CUB)")
         image = crop_to_box(image, example["bbox"])
     image = resize(image, scale, resize_mode)
     if crop is not None:

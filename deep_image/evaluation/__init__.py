@@ -1,1 +1,2 @@
-"""Evaluation: classification metrics (and, later, dense multi-scale scoring and ensembles)."""
+"""Evaluation (§5.1): the one path from parameters and a split to metrics (evaluator.py), dense
+FC-as-conv scoring with flips (dense.py), per-class sums and metrics (metrics.py)."""

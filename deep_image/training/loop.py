@@ -22,7 +22,8 @@ import numpy as np
 from deep_image import config as config_lib
 from deep_image import models
 from deep_image.data import pipeline, sources
-from deep_image.evaluation.metrics import ClassCounts
+from deep_image.evaluation import metrics as metrics_lib
+from deep_image.evaluation.evaluator import Evaluator, Protocol
 from deep_image.parallel import layout as layout_lib
 from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import finetune
@@ -89,13 +90,6 @@ def _write_config(workdir: str, config) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(eval_step, params, data: pipeline.EvalData, put, num_classes: int) -> ClassCounts:
-    counts = ClassCounts(num_classes)
-    for batch in data:
-        counts.add(jax.device_get(eval_step(params, put(batch))))
-    return counts
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains, evaluates and checkpoints; returns the last evaluation's metrics."""
     # ------------------------------------------------------------------ checks
@@ -126,9 +120,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     num_classes = len(class_names)
     train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
                                              process_count=pcount))
-    eval_data = pipeline.EvalData(eval_source, config, process_index=pidx, process_count=pcount)
-    val_data = (pipeline.EvalData(val_source, config, process_index=pidx, process_count=pcount)
-                if val_source is not None else eval_data)
     steps = total_steps(config, len(train_source))
 
     def put(batch):
@@ -186,8 +177,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     meta = {"class_names": class_names, "num_classes": num_classes,
             "config": json.loads(config.to_json()),
             "layout": layout.describe(), "processes": pcount}
-    eval_step = step_lib.make_eval_step(model, config, replicated, batch_sharding, replicated,
-                                        num_classes)
+    # Periodic evaluation: one centre crop (quick). Only the validation split feeds the
+    # schedule; the reported split is scored for curves, and no decision reads it.
+    headline = config.eval.headline
+    evaluators = {prefix: Evaluator(model, config, source, Protocol.quick(config), mesh=mesh,
+                                    process_index=pidx, process_count=pcount)
+                  for prefix, source in (("val", val_source), ("eval", eval_source))
+                  if source is not None}
     update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),
                              in_shardings=(shardings, replicated), out_shardings=shardings,
                              donate_argnums=0)
@@ -199,16 +195,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def run_eval(step: int) -> dict:
         t0 = time.perf_counter()
         params = canonical(state.params)
-        result = evaluate(eval_step, params, eval_data, put, num_classes)
-        values = result.summary("eval")
-        if config.data.val_split:
-            values.update(evaluate(eval_step, params, val_data, put,
-                                   num_classes).summary("val"))
+        values = {}
+        for prefix, evaluator in evaluators.items():
+            values.update(evaluator.run(params, prefix, headline))
         values["eval/seconds"] = time.perf_counter() - t0
-        writer.write(step, values)
-        writer.print(f"step {step}: test top-1 {values['eval/top1']:.4f}  top-5 "
-                     f"{values['eval/top5']:.4f}  mean per class "
-                     f"{values['eval/mean_per_class']:.4f}")
+        line = (f"step {step}: {config.data.eval_split} (reported, curves only) top-1 "
+                f"{values['eval/top1']:.4f}  top-5 {values['eval/top5']:.4f}  mean per class "
+                f"{values['eval/mean_per_class']:.4f}")
+        if "val" in evaluators:
+            line += (f" | {config.data.val_split} (schedule) {headline} "
+                     f"{values['val/headline']:.4f}")
+        writer.print(line)
         return values
 
     # ------------------------------------------------------------------ loop
@@ -238,8 +235,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                 img_s=round(values["train/images_per_second"], 1))
             if step % config.eval_every_steps == 0 or done:
                 last_eval = run_eval(step)
-                monitored = last_eval.get("val/top1", last_eval["eval/top1"])
-                state = update_plateau(state, np.float32(1.0 - monitored))
+                if "val" in evaluators:      # §5.1, decided on validation only
+                    state = update_plateau(state, np.float32(
+                        metrics_lib.decision_error(last_eval, "val", headline)))
+                last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
+                writer.write(step, last_eval)
             if step % config.checkpoint_every_steps == 0 or done or signals:
                 ckpt.save(step, state, train_iter, meta, wait=done or bool(signals))
             if signals:
@@ -252,4 +252,4 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.warning("stopped at step %d of %d by a signal; the checkpoint is saved: run "
                         "the same command to resume", step, steps)
         return {"preempted": True, "step": step}
-    return {**last_eval, "step": step}
+    return {**last_eval, "step": step, "split": config.data.eval_split}

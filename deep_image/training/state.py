@@ -73,8 +73,11 @@ def make_plateau(schedule) -> optax.GradientTransformationExtraArgs:
 
 
 def learning_rate(config, state: TrainState) -> jax.Array:
-    """Base rate x linear warm-up x plateau scale, at the state's step."""
+    """Base rate x linear warm-up x plateau scale x fixed decays, at the state's step."""
     lr = config.optimizer.learning_rate * state.plateau.scale
+    if config.schedule.decay_steps:
+        passed = jnp.sum(state.step >= jnp.asarray(config.schedule.decay_steps, jnp.int32))
+        lr = lr * jnp.power(jnp.float32(config.schedule.factor), passed)
     w = config.schedule.warmup_steps
     if w > 0:
         lr = lr * jnp.minimum(1.0, (state.step.astype(jnp.float32) + 1.0) / w)
@@ -82,6 +85,7 @@ def learning_rate(config, state: TrainState) -> jax.Array:
 
 
 def update_plateau(plateau_tx, state: TrainState, val_error) -> TrainState:
+    """One §5.1 decision from the validation error (never from the reported split)."""
     _, plateau = plateau_tx.update(updates={}, state=state.plateau,
                                    value=jnp.asarray(val_error, jnp.float32))
     return state.replace(plateau=plateau)

@@ -1,5 +1,6 @@
-"""The train and eval steps: pure functions of (state, batch), compiled with `jax.jit` and
-explicit shardings, the state donated. Batches arrive as uint8 and are normalized on device."""
+"""The train steps: pure functions of (state, batch), compiled with `jax.jit` and explicit
+shardings, the state donated. Batches arrive as uint8 and are normalized on device
+(evaluation/evaluator.py scores the eval splits)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from deep_image.evaluation.evaluator import normalize
 from deep_image.training import state as state_lib
-
-
-def normalize(images: jax.Array, mean, std) -> jax.Array:
-    x = images.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def apply_update(tx, config, state: state_lib.TrainState, grads):
@@ -53,31 +50,6 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
                                                    "label": batch_sharding}),
                    out_shardings=(state_shardings, out_sharding),
                    donate_argnums=0)
-
-
-def make_eval_step(model, config, params_shardings, batch_sharding, out_sharding, num_classes):
-    """Per-class sums over one masked batch: counts, top-1 and top-5 hits, loss."""
-    mean, std = tuple(config.data.mean), tuple(config.data.std)
-    k = min(5, num_classes)
-
-    def eval_step(params, batch):
-        logits = model.apply(params, normalize(batch["image"], mean, std))
-        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-        onehot = jax.nn.one_hot(labels, num_classes) * mask[:, None]
-        top = jax.lax.top_k(logits, k)[1]
-        hit1 = (top[:, 0] == labels).astype(jnp.float32)
-        hitk = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return {
-            "count": onehot.sum(0),
-            "top1": (onehot * hit1[:, None]).sum(0),
-            "top5": (onehot * hitk[:, None]).sum(0),
-            "loss": (loss * mask).sum(),
-        }
-
-    batch_shardings = {"image": batch_sharding, "label": batch_sharding, "mask": batch_sharding}
-    return jax.jit(eval_step, in_shardings=(params_shardings, batch_shardings),
-                   out_shardings=out_sharding)
 
 
 def build_train_step(model, tx, config, mesh, layout, state):
