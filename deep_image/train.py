@@ -6,6 +6,8 @@ misspelled key is an error. Running the same command again resumes from the late
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -15,6 +17,8 @@ from deep_image.parallel import distributed
 config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.DEFINE_integer("resume_step", None, "Resume from this checkpoint instead of the latest "
+                     "(later ones are moved to WORKDIR/discarded_checkpoints).")
 
 
 def main(argv):
@@ -23,11 +27,16 @@ def main(argv):
     distributed.initialize()      # before anything touches a JAX backend
     from deep_image.training import loop
     config = flags.FLAGS.config
-    with errors.one_line():
-        result = loop.train_and_evaluate(config, flags.FLAGS.workdir)
+    workdir = flags.FLAGS.workdir
+    with errors.one_line(log_dir=os.path.abspath(workdir) if workdir else None):
+        result = loop.train_and_evaluate(config, workdir, flags.FLAGS.resume_step)
     if result.get("preempted"):
         print(f"preempted at step {result['step']}; checkpoint saved, rerun to resume")
         return
+    if result.get("finished"):
+        print(f"the run in {workdir} is already finished (step {result['step']})")
+        if "eval/top1" not in result:
+            return
     print(f"final {result['split']} top-1: {result['eval/top1']:.4f}  top-5: "
           f"{result['eval/top5']:.4f}  mean per class: {result['eval/mean_per_class']:.4f}  "
           f"(step {result['step']})")

@@ -9,7 +9,6 @@ import hashlib
 import importlib.util
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

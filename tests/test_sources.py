@@ -4,13 +4,14 @@ every kind of bad file. A few training steps run from each source."""
 
 import logging
 import os
+import shutil
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import run_train, tiny_config
-from deep_image.data import archives, sources
+from deep_image.data import archives, decode, sources
 from deep_image.data.errors import DataError
 from deep_image.training import loop
 
@@ -190,3 +191,20 @@ def test_missing_dataset_directory_fails_at_start_with_how_to(tmp_path):
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and hint in lines[0], lines
         assert not (tmp_path / "w").exists()
+
+
+def test_a_vanished_data_directory_is_an_error_not_endless_skips(tmp_path):
+    root = tmp_path / "folder"
+    _bad_folder(root)
+    src = archives.image_folder(str(root), "train")
+    assert src[0] is not None
+    shutil.rmtree(root)
+    with pytest.raises(DataError, match="has vanished during the run"):
+        src[0]
+    counter = decode.SkipCounter("some/source")
+    for i in range(decode.SkipCounter.GIVE_UP_AFTER - 1):
+        counter.read()
+        counter.skip(f"record {i}", "unreadable")              # warnings, no error yet
+    counter.read()
+    with pytest.raises(DataError, match="is the data still there"):
+        counter.skip("record 99", "unreadable")

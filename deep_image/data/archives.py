@@ -32,6 +32,7 @@ class FileSource:
         self.skips = decode.SkipCounter(name)
         present = []
         for rec in records:
+            self.skips.read()
             if os.path.isfile(rec[0]):
                 present.append(rec)
             else:
@@ -50,8 +51,14 @@ class FileSource:
 
     def __getitem__(self, index: int):
         rec = self._records[int(index)]
+        self.skips.read()
         image, reason = decode.read(rec[0])
         if image is None:
+            folder = os.path.dirname(rec[0])
+            if not os.path.isdir(folder):      # present at start: the data has gone
+                raise DataError(f"{folder} has vanished during the run (it held {rec[0]}); "
+                                "is the data directory still mounted? Restore it and rerun the "
+                                "same command to resume")
             self.skips.skip(rec[0], reason)
             return None
         if self._crop_bottom and image.shape[0] > self._crop_bottom:

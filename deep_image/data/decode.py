@@ -12,19 +12,33 @@ import threading
 import cv2
 import numpy as np
 
+from deep_image.data.errors import DataError
+
 
 class SkipCounter:
-    """Counts skipped examples of one source; warns for each with its reason."""
+    """Counts skipped examples of one source; warns for each with its reason. When most reads
+    fail (over half of them, after 100 failures) the data has gone, not a few files: that is a
+    DataError, not an endless stream of skips."""
+
+    GIVE_UP_AFTER = 100
 
     def __init__(self, name: str):
-        self.name, self.count = name, 0
+        self.name, self.count, self.reads = name, 0, 0
         self._lock = threading.Lock()
+
+    def read(self) -> None:
+        """Called for every example read, good or bad."""
+        with self._lock:
+            self.reads += 1
 
     def skip(self, what: str, reason: str) -> None:
         with self._lock:
             self.count += 1
-            n = self.count
+            n, reads = self.count, self.reads
         logging.warning("%s: skipping %s (%s); %d skipped so far", self.name, what, reason, n)
+        if n >= self.GIVE_UP_AFTER and n > reads / 2:
+            raise DataError(f"{self.name}: {n} of the last {reads} examples could not be read "
+                            f"(the latest: {what}, {reason}); is the data still there?")
 
 
 def to_rgb(image: np.ndarray | None) -> np.ndarray | None:

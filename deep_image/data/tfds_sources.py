@@ -61,6 +61,7 @@ class TfdsSource:
         return np.array([int(ds[i]["label"]) for i in range(len(ds))], np.int64)
 
     def __getitem__(self, index: int):
+        self.skips.read()
         try:
             ex = self._ds[int(index)]
             image = decode.to_rgb(np.asarray(ex["image"]))

@@ -13,8 +13,10 @@ torchvision's mean/std normalization, which is also our default).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import pickle
 import re
 import sys
 
@@ -74,11 +76,17 @@ def convert_torchvision(state: dict, variant: str) -> tuple[dict, dict]:
 
 def load_state_dict(path: str) -> dict:
     import torch
+    if not os.path.isfile(path):
+        raise WeightImportError(f"{path} does not exist: pass the .pth file of the weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # pickled modules or code: refused by weights_only
-        raise WeightImportError(f"cannot load {path} as a tensors-only state dict "
-                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        what = ("a pickled model object (torch.save(model)), which is never unpickled here"
+                if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e)
+                else f"not a file torch.load reads ({type(e).__name__})")
+        raise WeightImportError(
+            f"{path} is {what}: save the weights alone with "
+            "torch.save(model.state_dict(), 'weights.pth') and import that file") from None
     if not isinstance(state, dict):
         raise WeightImportError(f"{path} holds a {type(state).__name__}, not a state dict")
     return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "numpy")}
@@ -128,4 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from deep_image import errors
+    errors.run_app(main, library_level=logging.ERROR)

@@ -7,12 +7,19 @@ SIGKILL mid-save leaves the previous checkpoint intact and the partial one is ig
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 
 import grain
+import numpy as np
 import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not be resumed from: the message names a good one."""
 
 
 class Checkpointer:
@@ -27,8 +34,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The complete checkpoints' steps, oldest first."""
+        return sorted(self._mgr.all_steps())
+
     def save(self, step: int, state, data_iter=None, meta: dict | None = None,
              *, wait: bool = False) -> None:
+        self._mgr.wait_until_finished()   # orbax would wait for the previous save here too
+        self._check_free_space(state)
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -39,6 +52,16 @@ class Checkpointer:
             self._mgr.wait_until_finished()
         logging.info("checkpoint %s at step %d", "saved" if wait else "queued", step)
 
+    def _check_free_space(self, state) -> None:
+        """A save that cannot fit is refused before it starts: a full disk mid-write makes the
+        async writers fail in a cascade of tracebacks (the last checkpoint stays good either
+        way)."""
+        need = sum(x.nbytes for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:.1f} MiB free, "
+                          f"a checkpoint needs {need / 2**20:.1f} MiB)", self.directory)
+
     def restore(self, abstract_state, data_iter=None, step: int | None = None, layout=None):
         """(state, step) from `step` or the latest checkpoint, or (None, None) if there is none.
 
@@ -48,24 +71,45 @@ class Checkpointer:
         if step is None:
             return None, None
         saved = (self.meta(step) or {}).get("layout")
-        if layout is not None and saved is not None and saved != layout.describe():
-            state = self._restore_relayout(step, abstract_state, saved, layout)
-            if data_iter is not None:
-                self._mgr.restore(step, args=ocp.args.Composite(
-                    data=grain.checkpoint.CheckpointRestore(data_iter)))
-            return state, step
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        try:
+            if layout is not None and saved is not None and saved != layout.describe():
+                state = self._restore_relayout(step, abstract_state, saved, layout)
+            else:
+                state = self._mgr.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state)))["state"]
+        except ValueError as e:
+            if "do not match" not in str(e) and "shape" not in str(e).lower():
+                raise
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} holds a state of another shape than "
+                "this config builds (the model, its classes, the optimizer's weight decay or "
+                "clipping, or the fine-tuning mode changed): resume with the run's own "
+                "config.json settings, or train in a new --workdir") from None
+        self._refuse_non_finite(step, state)
         if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], step
+            self._mgr.restore(step, args=ocp.args.Composite(
+                data=grain.checkpoint.CheckpointRestore(data_iter)))
+        return state, step
+
+    def _refuse_non_finite(self, step: int, state) -> None:
+        """A state with NaN or inf values (written before saves were guarded) is never
+        resumed: the error names the newest finite checkpoint and how to resume from it."""
+        from deep_image.training.state import all_finite
+        if bool(jax.device_get(jax.jit(all_finite)((state.params, state.opt_state)))):
+            return
+        older = [s for s in sorted(self._mgr.all_steps(), reverse=True) if s < step
+                 and all(np.isfinite(x).all() for x in jax.tree.leaves(self.restore_params(s)))]
+        advice = (f"the newest finite one is step {older[0]}: rerun with --resume_step="
+                  f"{older[0]} (later checkpoints are moved to discarded_checkpoints/ in the "
+                  "workdir)" if older else "no earlier one is finite: start over in a new "
+                  "--workdir")
+        raise CheckpointError(f"checkpoint {step} in {self.directory} holds non-finite "
+                              f"parameters or momentum (NaN or inf); {advice}")
 
     def _restore_relayout(self, step, abstract_state, saved: dict, layout):
         """The saved state read whole onto this process's first device, its parameter and
         optimizer-state blocks converted from the saved layout to `layout` on the host, then
         placed: each device receives its blocks only."""
-        import numpy as np
-
         from deep_image.parallel.layout import Layout, param_key
         old = Layout.from_description(saved)
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -120,9 +164,6 @@ class Checkpointer:
         if step is None:
             return None
         return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-    def wait(self) -> None:
-        self._mgr.wait_until_finished()
 
     def close(self) -> None:
         self._mgr.wait_until_finished()

@@ -90,11 +90,12 @@ def _write_config(workdir: str, config) -> None:
     os.replace(tmp, path)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains, evaluates and checkpoints; returns the last evaluation's metrics."""
+def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> dict:
+    """Trains, evaluates and checkpoints; returns the last evaluation's metrics. A rerun of a
+    finished run returns its last evaluation (with `finished`); `resume_step` resumes from an
+    earlier checkpoint than the latest (the later ones are moved aside)."""
     # ------------------------------------------------------------------ checks
     config_lib.check(config)
-    is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ mesh
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -108,7 +109,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.warning("config.eval_batch_size %d -> %d, to split over %d devices",
                         config.eval_batch_size, rounded, mesh.size)
         config.eval_batch_size = rounded
-    replicated = mesh_lib.replicated(mesh)
 
     # ------------------------------------------------------------------ input
     pidx, pcount = jax.process_index(), jax.process_count()
@@ -148,7 +148,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      config.parallelism, layout.fc_axis or "no axis")
 
     # ------------------------------------------------------------------ checkpoint / resume
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.keep_checkpoints)
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if resume_step is not None:
+        discard_checkpoints_after(ckpt_dir, resume_step, workdir)
+    ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+    try:   # from here on every exit path closes the checkpointer (pending saves finish)
+        return _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
+                    mesh, train_source, train_iter, sources_by_prefix={
+                        "val": val_source, "eval": eval_source}, steps=steps, put=put)
+    finally:
+        ckpt.close()
+
+
+def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout, mesh,
+         train_source, train_iter, *, sources_by_prefix, steps, put) -> dict:
+    is_main = jax.process_index() == 0
+    pidx, pcount = jax.process_index(), jax.process_count()
+    replicated = mesh_lib.replicated(mesh)
+    class_names = list(train_source.class_names)
     canonical = jax.jit(functools.partial(layout.from_stored, xp=jnp), out_shardings=replicated)
     if ckpt.latest_step() is None and config.init_from:   # resume wins over init_from
         state = finetune.warm_start(state, shardings.params, layout, config.init_from,
@@ -172,9 +189,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
             train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
                                                      process_count=pcount, start_step=start))
     start = int(jax.device_get(state.step))
+    if start >= steps:
+        return finished_result(config, workdir, start, steps)
     if is_main:
         _write_config(workdir, config)
-    meta = {"class_names": class_names, "num_classes": num_classes,
+    meta = {"class_names": class_names, "num_classes": len(class_names),
             "config": json.loads(config.to_json()),
             "layout": layout.describe(), "processes": pcount}
     # Periodic evaluation: one centre crop (quick). Only the validation split feeds the
@@ -182,8 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     headline = config.eval.headline
     evaluators = {prefix: Evaluator(model, config, source, Protocol.quick(config), mesh=mesh,
                                     process_index=pidx, process_count=pcount)
-                  for prefix, source in (("val", val_source), ("eval", eval_source))
-                  if source is not None}
+                  for prefix, source in sources_by_prefix.items() if source is not None}
     update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),
                              in_shardings=(shardings, replicated), out_shardings=shardings,
                              donate_argnums=0)
@@ -213,43 +231,103 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pending: list[dict] = []
     step = start
     preempted = False
-    with preemption_guard() as signals:
-        while step < steps:
-            batch = next(train_iter)
-            state, metrics = train_step(state, put(batch))
-            pending.append(metrics)
-            step += 1
-            writer.step()
-            done = step == steps
-            if step % config.log_every_steps == 0 or done or signals:
-                fetched = jax.device_get(pending)   # the loop's only routine host sync
-                pending = []
-                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                values["train/images_per_second"] = writer.train_rate(step)
-                if not math.isfinite(values["train/loss"]):
-                    raise FloatingPointError(
-                        f"training loss became {values['train/loss']} at step {step}; lower "
-                        "config.optimizer.learning_rate or set config.schedule.warmup_steps")
-                writer.write(step, values)
-                writer.progress(loss=values["train/loss"], lr=values["train/lr"],
-                                img_s=round(values["train/images_per_second"], 1))
-            if step % config.eval_every_steps == 0 or done:
-                last_eval = run_eval(step)
-                if "val" in evaluators:      # §5.1, decided on validation only
-                    state = update_plateau(state, np.float32(
-                        metrics_lib.decision_error(last_eval, "val", headline)))
-                last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
-                writer.write(step, last_eval)
-            if step % config.checkpoint_every_steps == 0 or done or signals:
-                ckpt.save(step, state, train_iter, meta, wait=done or bool(signals))
-            if signals:
-                preempted = True
-                break
-
-    ckpt.close()
-    writer.close()
+    try:
+        with preemption_guard() as signals:
+            while step < steps:
+                batch = next(train_iter)
+                state, metrics = train_step(state, put(batch))
+                pending.append(metrics)
+                step += 1
+                writer.step()
+                done = step == steps
+                evaluate = step % config.eval_every_steps == 0 or done
+                save = step % config.checkpoint_every_steps == 0 or done or bool(signals)
+                if step % config.log_every_steps == 0 or evaluate or save:
+                    # the loop's only routine host sync: before anything is logged, evaluated
+                    # or saved, every step since the last sync must have stayed finite
+                    fetched = jax.device_get(pending)
+                    pending = []
+                    check_finite(fetched, step, ckpt, config)
+                    values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
+                              if k != "train/finite"}
+                    values["train/images_per_second"] = writer.train_rate(step)
+                    writer.write(step, values)
+                    writer.progress(loss=values["train/loss"], lr=values["train/lr"],
+                                    img_s=round(values["train/images_per_second"], 1))
+                if evaluate:
+                    last_eval = run_eval(step)
+                    if "val" in evaluators:      # §5.1, decided on validation only
+                        state = update_plateau(state, np.float32(
+                            metrics_lib.decision_error(last_eval, "val", headline)))
+                    last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
+                    writer.write(step, last_eval)
+                if save:
+                    ckpt.save(step, state, train_iter, meta, wait=done or bool(signals))
+                if signals:
+                    preempted = True
+                    break
+    finally:
+        writer.close()
     if preempted:
         logging.warning("stopped at step %d of %d by a signal; the checkpoint is saved: run "
                         "the same command to resume", step, steps)
         return {"preempted": True, "step": step}
     return {**last_eval, "step": step, "split": config.data.eval_split}
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or parameters: the message names the step, the last
+    good checkpoint and what to change."""
+
+
+def check_finite(fetched: list[dict], step: int, ckpt: Checkpointer, config) -> None:
+    """Raises DivergenceError if any of the steps just fetched (the last is `step`) left a
+    non-finite loss or parameters; nothing of that state has been saved."""
+    bad = [i for i, m in enumerate(fetched) if not bool(m["train/finite"])]
+    if not bad:
+        return
+    first = step - len(fetched) + 1 + bad[0]
+    loss = float(fetched[bad[0]]["train/loss"])
+    kept = ckpt.all_steps()
+    fix = (f"lower config.optimizer.learning_rate (now {config.optimizer.learning_rate:g}) or "
+           "set config.schedule.warmup_steps")
+    if kept:
+        where = (f"the last good checkpoint is step {kept[-1]} in {ckpt.directory} (no "
+                 f"non-finite state is ever saved; kept: {', '.join(map(str, kept))}); {fix}, "
+                 "then rerun the same command to resume from it (if it diverges again at once, "
+                 f"that state was already on its way: add --resume_step={kept[0]})")
+    else:
+        where = f"no checkpoint was saved before it; {fix}, then rerun the same command"
+    raise DivergenceError(f"training diverged at step {first} (loss {loss:g}, or non-finite "
+                          f"parameters); {where}")
+
+
+def finished_result(config, workdir: str, step: int, steps: int) -> dict:
+    """A rerun of a finished run: its last evaluation, read back from metrics.jsonl."""
+    logging.info("the run in %s is finished (step %d of %d): nothing to train", workdir, step,
+                 steps)
+    last = {}
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if "eval/top1" in record and record["step"] <= step:
+                    last = record
+    return {**last, "step": step, "split": config.data.eval_split, "finished": True}
+
+
+def discard_checkpoints_after(ckpt_dir: str, step: int, workdir: str) -> None:
+    """For --resume_step: moves the checkpoints after `step` to WORKDIR/discarded_checkpoints
+    (kept, not deleted), so the run continues from `step`."""
+    if not os.path.isdir(os.path.join(ckpt_dir, str(step))):
+        raise config_lib.ConfigError(f"--resume_step={step}: there is no checkpoint {step} in "
+                                     f"{ckpt_dir}")
+    later = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and int(n) > step)
+    if not later or jax.process_index() != 0:
+        return
+    aside = os.path.join(workdir, "discarded_checkpoints")
+    os.makedirs(aside, exist_ok=True)
+    for n in later:
+        os.replace(os.path.join(ckpt_dir, str(n)), os.path.join(aside, f"{n}.{int(time.time())}"))
+    logging.warning("--resume_step=%d: moved checkpoints %s to %s", step, later, aside)

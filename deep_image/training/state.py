@@ -25,6 +25,12 @@ class TrainState:
     rng: jax.Array           # raw uint32 key; dropout uses fold_in(rng, step)
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every value of every floating leaf is finite (a scalar bool, on device)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def _kernels_only(params):
     """Weight decay on kernels, not biases (as Caffe's VGG solvers do)."""
     return jax.tree_util.tree_map_with_path(

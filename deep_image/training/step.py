@@ -42,6 +42,8 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
             "train/loss": loss,
             "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
             "train/lr": lr,
+            # the loop never checkpoints a state this says is not finite (read at sync points)
+            "train/finite": jnp.isfinite(loss) & state_lib.all_finite(state.params),
         }
         return state, metrics
 
@@ -117,7 +119,10 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
         hits = jnp.sum(jnp.argmax(logits, -1) == labels)
         if row_axes:
             loss, hits = lax.psum(loss, row_axes), lax.psum(hits, row_axes)
-        metrics = {"train/loss": loss, "train/accuracy": hits / total, "train/lr": lr}
+        # every device checks the parts it owns; the flag is true only if all are finite
+        bad = lax.psum((~state_lib.all_finite(state.params)).astype(jnp.int32), axes)
+        metrics = {"train/loss": loss, "train/accuracy": hits / total, "train/lr": lr,
+                   "train/finite": jnp.isfinite(loss) & (bad == 0)}
         return state, metrics
 
     specs = layout.state_specs(abstract_state)
