@@ -73,6 +73,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.synthetic.seed = 0
     c.data.synthetic.object_scale = (0.45, 0.7)   # bird length / image side
     c.data.synthetic.clutter = 8                  # distractor strokes per image
+    c.data.synthetic.species = "A"                # A: the benchmark; B: other markings
+    c.data.synthetic.prerendered = ""             # a directory of synthetic.prerender files
 
     # The test protocol of `python -m deep_image.evaluate` / ensemble / predict (§5.1).
     # Periodic evaluation during training always uses the quick single centre crop.
@@ -114,6 +116,8 @@ def base() -> ml_collections.ConfigDict:
     c.num_epochs = 90.0
     c.log_every_steps = 50
     c.eval_every_steps = 1000          # also where the schedule looks at validation accuracy
+    c.curves_on_eval_split = True      # also score the reported split then (curves only;
+                                       # False: only at the end)
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.progress_bar = True

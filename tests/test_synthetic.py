@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -70,3 +71,47 @@ def test_bad_spec_and_split():
         SynthBirdsSpec(num_classes=10)
     with pytest.raises(ValueError, match="split"):
         SynthBirds(SynthBirdsSpec(), "validation")
+
+
+def test_species_b_is_another_task_on_the_same_bird():
+    a = SynthBirdsSpec(native_size=48)
+    b = SynthBirdsSpec(native_size=48, species="B")
+    assert not set(class_names(16)) & set(class_names(16, "B"))
+    assert class_names(16, "B")[0].endswith("finch")
+    ia, _ = render(a, "train", 5)
+    ib, _ = render(b, "train", 5)
+    ib2, _ = render(b, "train", 5)
+    assert not np.array_equal(ia, ib) and np.array_equal(ib, ib2)
+    assert ia.shape == ib.shape
+    with pytest.raises(ValueError, match="species"):
+        SynthBirdsSpec(species="C")
+
+
+def test_shifted_test_split_shows_the_test_birds_under_harsher_capture():
+    spec = SynthBirdsSpec(native_size=64, test_size=20)
+    for i in range(5):
+        plain, label = render(spec, "test", i)
+        shifted, shifted_label = render(spec, "test_shifted", i)
+        assert label == shifted_label and shifted.shape == plain.shape
+        assert np.abs(plain.astype(int) - shifted.astype(int)).mean() > 20
+    assert len(SynthBirds(spec, "test_shifted")) == 20
+    assert np.array_equal(SynthBirds(spec, "test_shifted").labels(),
+                          SynthBirds(spec, "test").labels())
+
+
+def test_prerendered_split_equals_rendering(tmp_path):
+    spec = SynthBirdsSpec(native_size=32, train_size=12, object_scale=(0.2, 0.7))
+    path = synthetic.prerender(spec, "train", str(tmp_path))
+    assert synthetic.prerender(spec, "train", str(tmp_path)) == path      # done once
+    fast, slow = SynthBirds(spec, "train", str(tmp_path)), SynthBirds(spec, "train")
+    for i in range(12):
+        assert np.array_equal(fast[i]["image"], slow[i]["image"])
+        assert fast[i]["label"] == slow[i]["label"]
+    assert np.array_equal(fast.labels(), slow.labels())
+    sizes = fast.object_sizes()
+    assert np.allclose(sizes, slow.object_sizes()) and 0.2 <= sizes.min() <= sizes.max() <= 0.7
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    # another spec is another file, never a stale hit
+    other = SynthBirds(SynthBirdsSpec(native_size=32, train_size=12, seed=1), "train",
+                       str(tmp_path))
+    assert other._images is None

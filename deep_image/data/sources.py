@@ -14,14 +14,22 @@ from deep_image.data.errors import DataError
 
 def _synthetic(data_config, split: str):
     s = data_config.synthetic
-    spec = synthetic.SynthBirdsSpec(num_classes=s.num_classes, native_size=s.native_size,
-                                    train_size=s.train_size, val_size=s.val_size,
-                                    test_size=s.test_size, seed=s.seed,
-                                    object_scale=tuple(s.object_scale), clutter=s.clutter)
     if split not in synthetic.SPLITS:
         raise DataError(f"the synthetic benchmark has no split {split!r}; it has "
                         f"{', '.join(synthetic.SPLITS)}")
-    return synthetic.SynthBirds(spec, split)
+    return synthetic.SynthBirds(synthetic_spec(data_config), split, s.prerendered)
+
+
+def synthetic_spec(data_config) -> synthetic.SynthBirdsSpec:
+    """config.data.synthetic as the benchmark's spec."""
+    s = data_config.synthetic
+    try:
+        return synthetic.SynthBirdsSpec(
+            num_classes=s.num_classes, native_size=s.native_size, train_size=s.train_size,
+            val_size=s.val_size, test_size=s.test_size, seed=s.seed,
+            object_scale=tuple(s.object_scale), clutter=s.clutter, species=s.species)
+    except ValueError as e:
+        raise DataError(f"config.data.synthetic: {e}") from None
 
 
 def _tfds(name):

@@ -19,12 +19,25 @@ The markings span a few pixels at the default native size of 128, so downsizing 
 An image is a pure function of (seed, split, index): `np.random.default_rng((seed, split, index))`
 drives everything, so the splits are fixed, disjoint by construction, and any index can be
 rendered at any `native_size`.
+
+Two more things serve the claims study (deep_image/study):
+- `species="B"`: a second family of 16/32 classes with its own markings (wing: streaked, scaled,
+  edged, patched; head: masked, hooded, spectacled, moustached) on the same silhouette, clutter
+  and optics: a pre-training task that shares no class with species A (the paper pre-trains on
+  ILSVRC, then fine-tunes on CUB).
+- split `test_shifted`: the birds of `test`, photographed under harsher capture conditions than
+  any training image or augmentation (`capture_shift`: a colour cast of 30-45 levels on two or
+  three channels, vignetting from radius 0.10-0.20 darkening the corners by 90-98%, barrel or
+  pincushion distortion |k| 0.40-0.55, a rotation of 15-25 degrees), for §5.5's robustness claim.
+`object_size(spec, split, index)` is the bird's length over the image side (`object_scale`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import os
 
 import cv2
 import numpy as np
@@ -32,10 +45,16 @@ import numpy as np
 WING_MARKS = ("plain", "one-barred", "two-barred", "spotted")
 HEAD_MARKS = ("eye-striped", "crested", "capped", "throated")
 TAILS = ("fan-tailed", "fork-tailed")
-# The attributes in the order they become class-defining.
+# Species B: other markings on the same bird (a disjoint pre-training task).
+WING_MARKS_B = ("streaked", "scaled", "edged", "patched")
+HEAD_MARKS_B = ("masked", "hooded", "spectacled", "moustached")
+# The attributes in the order they become class-defining, per species, and the bird's name.
 ATTRIBUTES = (("wing", WING_MARKS), ("head", HEAD_MARKS), ("tail", TAILS))
+SPECIES = {"A": (ATTRIBUTES, "warbler"),
+           "B": ((("wing", WING_MARKS_B), ("head", HEAD_MARKS_B), ("tail", TAILS)), "finch")}
 VALID_NUM_CLASSES = (4, 16, 32)
-SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLITS = {"train": 0, "val": 1, "test": 2, "test_shifted": 2}   # shifted: test's birds
+_SHIFT_STREAM = 3            # the generator stream of test_shifted's capture conditions
 
 _PALETTE_MARK = np.array([[20, 20, 20], [240, 240, 240], [230, 200, 30], [200, 40, 40],
                           [40, 60, 200]], np.float32)
@@ -55,8 +74,12 @@ class SynthBirdsSpec:
     object_scale: tuple[float, float] = (0.45, 0.70)  # body length / image side
     max_tilt_degrees: float = 35.0
     clutter: int = 8                                   # distractor strokes per image
+    species: str = "A"                                 # A (the benchmark) | B (pre-training)
 
     def __post_init__(self):
+        if self.species not in SPECIES:
+            raise ValueError(f"synthetic species must be one of {tuple(SPECIES)}, got "
+                             f"{self.species!r}")
         if self.num_classes not in VALID_NUM_CLASSES:
             raise ValueError(f"synthetic num_classes must be one of {VALID_NUM_CLASSES}, "
                              f"got {self.num_classes}")
@@ -64,7 +87,8 @@ class SynthBirdsSpec:
             raise ValueError(f"synthetic native_size must be at least 16, got {self.native_size}")
 
     def split_size(self, split: str) -> int:
-        return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
+        return {"train": self.train_size, "val": self.val_size, "test": self.test_size,
+                "test_shifted": self.test_size}[split]
 
 
 def _defining_attributes(num_classes: int) -> int:
@@ -77,11 +101,12 @@ def _defining_attributes(num_classes: int) -> int:
     return count
 
 
-def class_names(num_classes: int) -> list[str]:
+def class_names(num_classes: int, species: str = "A") -> list[str]:
     """Readable names, e.g. 'two-barred crested warbler'; index = label."""
+    attributes, bird = SPECIES[species]
     k = _defining_attributes(num_classes)
-    combos = itertools.product(*[values for _, values in reversed(ATTRIBUTES[:k])])
-    return [" ".join(reversed(c)) + " warbler" for c in combos]
+    combos = itertools.product(*[values for _, values in reversed(attributes[:k])])
+    return [" ".join(reversed(c)) + f" {bird}" for c in combos]
 
 
 def _attributes_of(label: int, num_classes: int, rng: np.random.Generator) -> dict[str, int]:
@@ -112,7 +137,7 @@ def _bar(x0, y0, x1, y1, half_width):
     return np.array([[x0, y0] + n, [x1, y1] + n, [x1, y1] - n, [x0, y0] - n])
 
 
-def _bird_parts(attrs: dict[str, int]):
+def _bird_parts(attrs: dict[str, int], species: str = "A"):
     """(polygon, colour role) list in local coordinates, drawn in order."""
     parts = []
     tail = attrs["tail"]
@@ -125,6 +150,8 @@ def _bird_parts(attrs: dict[str, int]):
     parts.append((np.array([[0.62, -0.16], [0.80, -0.11], [0.62, -0.06]]), "beak"))
     parts.append((_ellipse(0.50, -0.13, 0.15, 0.15), "body"))
     parts.append((_ellipse(-0.06, 0.02, 0.30, 0.12), "wing"))
+    if species == "B":
+        return parts + _species_b_marks(attrs)
     wing = WING_MARKS[attrs["wing"]]
     if wing == "one-barred":
         parts.append((_bar(-0.10, -0.12, -0.02, 0.14, 0.06), "mark"))
@@ -143,6 +170,35 @@ def _bird_parts(attrs: dict[str, int]):
         parts.append((_ellipse(0.50, -0.23, 0.14, 0.08), "mark"))
     else:  # throated
         parts.append((_ellipse(0.56, -0.02, 0.10, 0.08), "mark"))
+    parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
+    return parts
+
+
+def _species_b_marks(attrs: dict[str, int]):
+    """Species B's wing and head markings, drawn over the wing and head of _bird_parts."""
+    parts = []
+    wing = WING_MARKS_B[attrs["wing"]]
+    if wing == "streaked":
+        for y in (-0.06, 0.02, 0.10):
+            parts.append((_bar(-0.30, y, 0.16, y - 0.02, 0.018), "mark"))
+    elif wing == "scaled":
+        for x, y in ((-0.26, -0.04), (-0.12, 0.06), (0.02, -0.04), (0.14, 0.06)):
+            parts.append((np.array([[x, y - 0.05], [x + 0.07, y + 0.04], [x - 0.07, y + 0.04]]),
+                          "mark"))
+    elif wing == "edged":
+        parts.append((_bar(-0.32, 0.10, 0.20, 0.12, 0.035), "mark"))
+    else:  # patched
+        parts.append((_ellipse(0.12, -0.02, 0.10, 0.08), "mark"))
+    head = HEAD_MARKS_B[attrs["head"]]
+    if head == "masked":
+        parts.append((_ellipse(0.56, -0.15, 0.09, 0.06), "mark"))
+    elif head == "hooded":
+        parts.append((_ellipse(0.48, -0.16, 0.14, 0.12), "mark"))
+    elif head == "spectacled":
+        parts.append((_ellipse(0.55, -0.16, 0.065, 0.065, n=14), "mark"))
+        parts.append((_ellipse(0.55, -0.16, 0.035, 0.035, n=10), "body"))
+    else:  # moustached
+        parts.append((_bar(0.62, -0.08, 0.42, -0.02, 0.03), "mark"))
     parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
     return parts
 
@@ -188,13 +244,25 @@ def _lens_maps(size: int, k: float, stretch: tuple[float, float]):
 
 
 def _rng_and_label(spec: SynthBirdsSpec, split: str, index: int):
-    """The generator that draws everything about an example, after drawing its label."""
-    rng = np.random.default_rng((spec.seed, SPLITS[split], index))
+    """The generator that draws everything about an example, after drawing its label.
+    Species A keeps the benchmark's original streams; B has its own."""
+    key = (spec.seed, SPLITS[split], index) + ((1,) if spec.species == "B" else ())
+    rng = np.random.default_rng(key)
     return rng, int(rng.integers(spec.num_classes))
 
 
 def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, int]:
     """The (image uint8 HxWx3 RGB, label) at `index` of `split`."""
+    image, label, _ = _render(spec, split, index)
+    return image, label
+
+
+def object_size(spec: SynthBirdsSpec, split: str, index: int) -> float:
+    """The bird's length over the image side (drawn from `object_scale`)."""
+    return _render(spec, split, index)[2]
+
+
+def _render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, int, float]:
     if split not in SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; choose one of {tuple(SPLITS)}")
     n = spec.split_size(split)
@@ -213,13 +281,14 @@ def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, in
     colours = {"body": body, "wing": wing, "mark": mark, "beak": (60, 50, 40),
                "eye": (10, 10, 10)}
 
-    length = rng.uniform(*spec.object_scale) * size
+    relative_size = rng.uniform(*spec.object_scale)
+    length = relative_size * size
     tilt = np.deg2rad(rng.uniform(-spec.max_tilt_degrees, spec.max_tilt_degrees))
     facing = 1.0 if rng.random() < 0.5 else -1.0
     margin = min(0.7 * length, 0.5 * size)   # keeps the head and most of the tail in frame
     centre = rng.uniform(margin, size - margin, 2)
     rot = np.array([[np.cos(tilt), -np.sin(tilt)], [np.sin(tilt), np.cos(tilt)]])
-    for poly, role in _bird_parts(attrs):
+    for poly, role in _bird_parts(attrs, spec.species):
         pts = (poly * [facing, 1.0]) @ rot.T * length + centre
         _fill(img, pts, colours[role])
 
@@ -235,28 +304,106 @@ def render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, in
     img = cv2.remap(img, *_lens_maps(size, k, stretch), cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_REFLECT)
     img += rng.normal(0, 4, img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8), label
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    if split == "test_shifted":
+        key = (spec.seed, _SHIFT_STREAM, index) + ((1,) if spec.species == "B" else ())
+        image = capture_shift(image, np.random.default_rng(key))
+    return image, label, float(relative_size)
+
+
+def capture_shift(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Harsher capture conditions than any training image or augmentation (§5.5, Figure 9):
+    each beyond the range of the baked-in nuisances and of the §4.1 augmentations (colour cast
+    +-20, vignetting from radius >= 0.2, lens |k| <= 0.30, rotation +-10 degrees)."""
+    size = image.shape[0]
+    img = image.astype(np.float32)
+    # colour cast: two or three channels shifted by 30-45 levels, random signs
+    shifted = rng.permutation(3)[:rng.integers(2, 4)]
+    for c in shifted:
+        img[..., c] += rng.choice((-1.0, 1.0)) * rng.uniform(30, 45)
+    # vignetting: from radius 0.10-0.20 to 90-98% darker corners
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    r = np.hypot(xx - (size - 1) / 2, yy - (size - 1) / 2) / (size / np.sqrt(2))
+    start = rng.uniform(0.10, 0.20)
+    img *= (1 - rng.uniform(0.90, 0.98) * np.clip((r - start) / (1 - start), 0, 1) ** 2)[..., None]
+    # lens distortion: barrel or pincushion, |k| 0.40-0.55
+    k = rng.choice((-1.0, 1.0)) * rng.uniform(0.40, 0.55)
+    img = cv2.remap(img, *_lens_maps(size, k, (1.0, 1.0)), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT)
+    # rotation by 15-25 degrees either way
+    angle = rng.choice((-1.0, 1.0)) * rng.uniform(15, 25)
+    m = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, 1.0)
+    img = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 class SynthBirds:
-    """A Grain random-access source of one split: `len()` and `[i] -> {'image', 'label'}`."""
+    """A Grain random-access source of one split: `len()` and `[i] -> {'image', 'label'}`.
 
-    def __init__(self, spec: SynthBirdsSpec, split: str):
+    With `prerendered` (a directory where `prerender` wrote this spec's split) images are read
+    from one memory-mapped file instead of rendered: runs in several processes share one
+    rendering (the claims study)."""
+
+    def __init__(self, spec: SynthBirdsSpec, split: str, prerendered: str = ""):
         if split not in SPLITS:
             raise ValueError(f"unknown synthetic split {split!r}; choose one of {tuple(SPLITS)}")
         self.spec, self.split = spec, split
-        self.class_names = class_names(spec.num_classes)
+        self.class_names = class_names(spec.num_classes, spec.species)
+        self._images = self._labels = self._sizes = None
+        path = _prerendered_path(prerendered, spec, split) if prerendered else ""
+        if path and os.path.isfile(path + ".images.npy"):
+            self._images = np.load(path + ".images.npy", mmap_mode="r")
+            self._labels = np.load(path + ".labels.npy")
+            self._sizes = np.load(path + ".sizes.npy")
 
     def __len__(self) -> int:
         return self.spec.split_size(self.split)
 
     def __getitem__(self, index: int) -> dict:
+        if self._images is not None:
+            return {"image": np.asarray(self._images[int(index)]),
+                    "label": int(self._labels[int(index)])}
         image, label = render(self.spec, self.split, int(index))
         return {"image": image, "label": label}
 
     def labels(self) -> np.ndarray:
         """Every example's label, without rendering (for stratified slices)."""
+        if self._labels is not None:
+            return self._labels.copy()
         return np.array([_rng_and_label(self.spec, self.split, i)[1] for i in range(len(self))])
+
+    def object_sizes(self) -> np.ndarray:
+        """Every example's bird length over the image side (renders, or reads the record)."""
+        if self._sizes is not None:
+            return self._sizes.copy()
+        return np.array([object_size(self.spec, self.split, i) for i in range(len(self))])
 
     def __repr__(self) -> str:
         return f"SynthBirds({self.split}, {len(self)} images, {self.spec})"
+
+
+def _prerendered_path(directory: str, spec: SynthBirdsSpec, split: str) -> str:
+    key = hashlib.sha1(repr((dataclasses.astuple(spec), split)).encode()).hexdigest()[:16]
+    return os.path.join(directory, f"synthbirds_{split}_{key}")
+
+
+def prerender(spec: SynthBirdsSpec, split: str, directory: str) -> str:
+    """Renders a whole split once into DIRECTORY (images, labels, object sizes as .npy, written
+    atomically); returns the path prefix. Nothing is done if it is there already."""
+    path = _prerendered_path(directory, spec, split)
+    if os.path.isfile(path + ".images.npy"):
+        return path
+    os.makedirs(directory, exist_ok=True)
+    n, side = spec.split_size(split), spec.native_size
+    images = np.zeros((n, side, side, 3), np.uint8)
+    labels, sizes = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    for i in range(n):
+        images[i], labels[i], sizes[i] = _render(spec, split, i)
+    for suffix, array in ((".sizes.npy", sizes), (".labels.npy", labels),
+                          (".images.npy", images)):          # images last: the marker
+        tmp = f"{path}{suffix}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path + suffix)
+    return path

@@ -210,20 +210,21 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
                            batch_size=config.batch_size, progress=config.progress_bar,
                            enabled=is_main)
 
-    def run_eval(step: int) -> dict:
+    def run_eval(step: int, final: bool) -> dict:
         t0 = time.perf_counter()
         params = canonical(state.params)
-        values = {}
+        values, parts = {}, []
         for prefix, evaluator in evaluators.items():
+            if prefix == "eval" and not (final or config.curves_on_eval_split):
+                continue
             values.update(evaluator.run(params, prefix, headline))
+            parts.append(f"{config.data.val_split} (schedule) {headline} "
+                         f"{values['val/headline']:.4f}" if prefix == "val" else
+                         f"{config.data.eval_split} (reported{'' if final else ', curves only'})"
+                         f" top-1 {values['eval/top1']:.4f}  top-5 {values['eval/top5']:.4f}  "
+                         f"mean per class {values['eval/mean_per_class']:.4f}")
         values["eval/seconds"] = time.perf_counter() - t0
-        line = (f"step {step}: {config.data.eval_split} (reported, curves only) top-1 "
-                f"{values['eval/top1']:.4f}  top-5 {values['eval/top5']:.4f}  mean per class "
-                f"{values['eval/mean_per_class']:.4f}")
-        if "val" in evaluators:
-            line += (f" | {config.data.val_split} (schedule) {headline} "
-                     f"{values['val/headline']:.4f}")
-        writer.print(line)
+        writer.print(f"step {step}: " + " | ".join(parts))
         return values
 
     # ------------------------------------------------------------------ loop
@@ -255,7 +256,7 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
                     writer.progress(loss=values["train/loss"], lr=values["train/lr"],
                                     img_s=round(values["train/images_per_second"], 1))
                 if evaluate:
-                    last_eval = run_eval(step)
+                    last_eval = run_eval(step, final=done)
                     if "val" in evaluators:      # §5.1, decided on validation only
                         state = update_plateau(state, np.float32(
                             metrics_lib.decision_error(last_eval, "val", headline)))
