@@ -85,6 +85,8 @@ def execute(out: str, run: Run) -> dict:
     config = run.config(out)
     t0 = time.time()
     summary = loop.train_and_evaluate(config, workdir)
+    if summary.get("preempted"):      # stopped by a signal, checkpoint saved: not done
+        sys.exit(3)
     train_seconds = time.time() - t0
     trained = Trained(workdir, config)
     arrays, metrics = {}, {}
