@@ -32,6 +32,7 @@ def base() -> ml_collections.ConfigDict:
     c.model.width = 1.0                # multiplies every conv and FC width; >1: "larger" models
     c.model.dtype = "float32"          # compute dtype: float32 | bfloat16; parameters stay float32
     c.model.dropout_rate = constants.DROPOUT_RATE
+    c.model.head_init = "he"           # the classifier's initial weights: he | zeros
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"        # see deep_image.data.sources.SOURCES
@@ -104,6 +105,8 @@ def base() -> ml_collections.ConfigDict:
     c.schedule.rtol = 1e-4             # relative improvement in error that counts
     c.schedule.min_scale = 1e-3        # floor: the rate never goes below min_scale * lr
     c.schedule.warmup_steps = 0        # linear warm-up from 0 (0: none)
+    c.schedule.decide_after_step = 0   # no plateau decision before this step (a net still at
+                                       # chance level is not on a plateau)
     # Fixed divisions by `factor` at these steps (e.g. a plateau schedule recorded on a
     # train/val run, replayed when retraining on train+val: benchmarks.recorded_decay_steps)
     c.schedule.decay_steps = ()
@@ -176,6 +179,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     need(config.model.dtype in MODEL_DTYPES,
          f"config.model.dtype={config.model.dtype!r}; choose one of {', '.join(MODEL_DTYPES)}")
     need(config.model.width > 0, f"config.model.width must be > 0, got {config.model.width}")
+    need(config.model.head_init in ("he", "zeros"),
+         f"config.model.head_init={config.model.head_init!r}; choose he or zeros")
     need(config.data.source in sources.SOURCES,
          f"config.data.source={config.data.source!r} is not a dataset; choose one of "
          f"{', '.join(sorted(sources.SOURCES))}")

@@ -68,6 +68,15 @@ def test_new_class_count_reinitializes_only_the_classifier(pretrained, tmp_path)
                for n in after[l])
 
 
+def test_other_classes_of_the_same_count_reinitialize_the_classifier(pretrained, tmp_path):
+    proc = run_train(tmp_path / "b", f"--config.init_from={pretrained}",
+                     "--config.data.synthetic.species=B", "--config.total_steps=2",
+                     "--config.eval_every_steps=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "re-initializing the classifier fc3/kernel: the pre-trained model has other " \
+           "classes" in proc.stderr
+
+
 @pytest.mark.parametrize("overrides,message", [
     (("--config.finetune=last",), "needs config.init_from"),
     (("--config.init_from=/no/such/run",), "is not a directory"),

@@ -99,6 +99,8 @@ def _reproduce(out, *extra, **popen):
 
 def _mtimes(out):
     runs = os.path.join(out, "runs")
+    if not os.path.isdir(runs):
+        return {}
     return {n: os.path.getmtime(os.path.join(runs, n, "result.json")) for n in os.listdir(runs)
             if os.path.isfile(os.path.join(runs, n, "result.json"))}
 

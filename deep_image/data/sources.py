@@ -4,11 +4,14 @@ A source has `len()`, `[i] -> {'image': uint8 HxWx3 RGB, 'label': int[, 'bbox']}
 an example that cannot be read (the pipeline skips it), `class_names`, and `labels()` (every
 example's label, cheaply: it defines the per-class validation slices of data/splits.py). Add a dataset by
 writing a function `(data_config, split) -> source` and listing it in SOURCES.
+
+CUB, Flowers, Pets and ILSVRC are read from their official archives when config.data.root holds
+them (official.py, no TensorFlow), else from a TFDS copy (root as its data_dir).
 """
 
 from __future__ import annotations
 
-from deep_image.data import archives, splits, synthetic, tfds_sources
+from deep_image.data import archives, official, splits, synthetic, tfds_sources
 from deep_image.data.errors import DataError
 
 
@@ -32,8 +35,22 @@ def synthetic_spec(data_config) -> synthetic.SynthBirdsSpec:
         raise DataError(f"config.data.synthetic: {e}") from None
 
 
-def _tfds(name):
-    return lambda data_config, split: tfds_sources.TfdsSource(name, split, data_config.root)
+def _official_or_tfds(name):
+    """The official distribution in config.data.root if it holds one, else the TFDS copy."""
+    def make(data_config, split: str):
+        source = official.find(name, data_config.root, split)
+        if source is not None:
+            return source
+        try:
+            return tfds_sources.TfdsSource(name, split, data_config.root)
+        except ImportError:
+            tfds = ("or use a TFDS copy: pip install tensorflow-datasets, then "
+                    + tfds_sources.how_to_prepare(tfds_sources.TFDS_DATASETS[name][0],
+                                                  data_config.root))
+        except DataError as e:
+            tfds = f"a TFDS copy is the alternative, but {e}"
+        raise DataError(f"{official.how(name, data_config.root)}; {tfds}")
+    return make
 
 
 def _need_root(data_config, what: str, how: str) -> str:
@@ -44,7 +61,7 @@ def _need_root(data_config, what: str, how: str) -> str:
 
 SOURCES = {
     "synthetic": _synthetic,
-    **{name: _tfds(name) for name in tfds_sources.TFDS_DATASETS},
+    **{name: _official_or_tfds(name) for name in tfds_sources.TFDS_DATASETS},
     "aircraft": lambda d, split: archives.fgvc_aircraft(
         _need_root(d, "FGVC-Aircraft", archives.FGVC_HOW), split),
     "indoor67": lambda d, split: archives.mit_indoor67(

@@ -22,7 +22,7 @@ rendered at any `native_size`.
 
 Two more things serve the claims study (deep_image/study):
 - `species="B"`: a second family of 16/32 classes with its own markings (wing: streaked, scaled,
-  edged, patched; head: masked, hooded, spectacled, moustached) on the same silhouette, clutter
+  edged, patched; head: masked, tufted, spectacled, moustached) on the same silhouette, clutter
   and optics: a pre-training task that shares no class with species A (the paper pre-trains on
   ILSVRC, then fine-tunes on CUB).
 - split `test_shifted`: the birds of `test`, photographed under harsher capture conditions than
@@ -47,7 +47,7 @@ HEAD_MARKS = ("eye-striped", "crested", "capped", "throated")
 TAILS = ("fan-tailed", "fork-tailed")
 # Species B: other markings on the same bird (a disjoint pre-training task).
 WING_MARKS_B = ("streaked", "scaled", "edged", "patched")
-HEAD_MARKS_B = ("masked", "hooded", "spectacled", "moustached")
+HEAD_MARKS_B = ("masked", "tufted", "spectacled", "moustached")
 # The attributes in the order they become class-defining, per species, and the bird's name.
 ATTRIBUTES = (("wing", WING_MARKS), ("head", HEAD_MARKS), ("tail", TAILS))
 SPECIES = {"A": (ATTRIBUTES, "warbler"),
@@ -175,30 +175,31 @@ def _bird_parts(attrs: dict[str, int], species: str = "A"):
 
 
 def _species_b_marks(attrs: dict[str, int]):
-    """Species B's wing and head markings, drawn over the wing and head of _bird_parts."""
+    """Species B's wing and head markings, drawn over the wing and head of _bird_parts, about
+    as large as species A's (a task as learnable as the benchmark's)."""
     parts = []
     wing = WING_MARKS_B[attrs["wing"]]
     if wing == "streaked":
-        for y in (-0.06, 0.02, 0.10):
-            parts.append((_bar(-0.30, y, 0.16, y - 0.02, 0.018), "mark"))
+        for y in (-0.06, 0.08):
+            parts.append((_bar(-0.30, y, 0.16, y - 0.02, 0.04), "mark"))
     elif wing == "scaled":
-        for x, y in ((-0.26, -0.04), (-0.12, 0.06), (0.02, -0.04), (0.14, 0.06)):
-            parts.append((np.array([[x, y - 0.05], [x + 0.07, y + 0.04], [x - 0.07, y + 0.04]]),
+        for x, y in ((-0.24, -0.02), (-0.04, 0.04), (0.14, -0.02)):
+            parts.append((np.array([[x, y - 0.08], [x + 0.09, y + 0.06], [x - 0.09, y + 0.06]]),
                           "mark"))
     elif wing == "edged":
-        parts.append((_bar(-0.32, 0.10, 0.20, 0.12, 0.035), "mark"))
+        parts.append((_bar(-0.32, 0.08, 0.20, 0.10, 0.06), "mark"))
     else:  # patched
-        parts.append((_ellipse(0.12, -0.02, 0.10, 0.08), "mark"))
+        parts.append((_ellipse(0.10, -0.02, 0.13, 0.10), "mark"))
     head = HEAD_MARKS_B[attrs["head"]]
     if head == "masked":
-        parts.append((_ellipse(0.56, -0.15, 0.09, 0.06), "mark"))
-    elif head == "hooded":
-        parts.append((_ellipse(0.48, -0.16, 0.14, 0.12), "mark"))
+        parts.append((_ellipse(0.56, -0.15, 0.11, 0.07), "mark"))
+    elif head == "tufted":     # a tuft behind the head: the silhouette changes, as a crest
+        parts.append((np.array([[0.40, -0.20], [0.20, -0.42], [0.48, -0.27]]), "mark"))
     elif head == "spectacled":
-        parts.append((_ellipse(0.55, -0.16, 0.065, 0.065, n=14), "mark"))
-        parts.append((_ellipse(0.55, -0.16, 0.035, 0.035, n=10), "body"))
+        parts.append((_ellipse(0.55, -0.16, 0.08, 0.08, n=14), "mark"))
+        parts.append((_ellipse(0.55, -0.16, 0.04, 0.04, n=10), "body"))
     else:  # moustached
-        parts.append((_bar(0.62, -0.08, 0.42, -0.02, 0.03), "mark"))
+        parts.append((_bar(0.64, -0.08, 0.40, -0.01, 0.05), "mark"))
     parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
     return parts
 

@@ -19,10 +19,10 @@ class Model:
     """Builds a VGG once abstractly; `init` and `apply` are pure functions of arrays."""
 
     def __init__(self, variant: str, num_classes: int, *, width: float, input_size: int,
-                 dtype: str, dropout_rate: float):
+                 dtype: str, dropout_rate: float, head_init: str = "he"):
         self._make = functools.partial(VGG, variant, num_classes, width=width,
                                        input_size=input_size, dtype=dtype,
-                                       dropout_rate=dropout_rate)
+                                       dropout_rate=dropout_rate, head_init=head_init)
         self.variant, self.num_classes, self.input_size = variant, num_classes, input_size
         abstract = nnx.eval_shape(lambda: self._make(rngs=nnx.Rngs(0)))
         self.graphdef, state = nnx.split(abstract)
@@ -47,4 +47,4 @@ def build(model_config, num_classes: int, input_size: int) -> Model:
     """The model a config's `model` section describes, for `num_classes` and square inputs."""
     return Model(model_config.variant, num_classes, width=model_config.width,
                  input_size=input_size, dtype=model_config.dtype,
-                 dropout_rate=model_config.dropout_rate)
+                 dropout_rate=model_config.dropout_rate, head_init=model_config.head_init)

@@ -53,7 +53,8 @@ class VGG(nnx.Module):
 
     def __init__(self, variant: str, num_classes: int, *, width: float = 1.0,
                  input_size: int = constants.CROP_SIZE, dtype: str = "float32",
-                 dropout_rate: float = constants.DROPOUT_RATE, rngs: nnx.Rngs):
+                 dropout_rate: float = constants.DROPOUT_RATE, head_init: str = "he",
+                 rngs: nnx.Rngs):
         if variant not in constants.CONVS_PER_BLOCK:
             raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
         if dtype not in _DTYPES:
@@ -82,9 +83,12 @@ class VGG(nnx.Module):
         fc = scaled(constants.FC_WIDTH, width)
         dims = [side * side * in_ch, fc, fc, num_classes]
         for i in range(3):
+            # head_init="zeros": the classifier starts at zero (uniform posteriors, loss ln C)
+            # instead of He-scaled logits that the first steps must first shrink
+            init = zeros if i == 2 and head_init == "zeros" else he
             setattr(self, f"fc{i + 1}", nnx.Linear(
                 dims[i], dims[i + 1], dtype=compute, param_dtype=jnp.float32,
-                kernel_init=he, bias_init=zeros, rngs=rngs))
+                kernel_init=init, bias_init=zeros, rngs=rngs))
         self.dropout = nnx.Dropout(dropout_rate)
         self.compute_dtype = compute
 

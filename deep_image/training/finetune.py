@@ -2,7 +2,8 @@
 
 `config.init_from` names a workdir (its latest checkpoint is used) or a `checkpoints/`
 directory, e.g. the output of `deep_image.tools.import_weights`. Layers are matched by name and
-shape; the classifier (fc3) is re-initialized when the class count differs, and the log says so.
+shape; the classifier (fc3) is re-initialized when the classes differ (by count, or by the
+names the pre-trained checkpoint records), and the log says so.
 Any other mismatch is an error: fine-tune with the pre-trained model's variant, width and crop.
 """
 
@@ -18,8 +19,8 @@ from deep_image.config import ConfigError
 from deep_image.training.checkpoint import Checkpointer
 
 
-def load_pretrained(init_from: str) -> tuple[dict, int]:
-    """(params, step) of the latest checkpoint under `init_from`."""
+def load_pretrained(init_from: str) -> tuple[dict, int, list | None]:
+    """(params, step, class names or None) of the latest checkpoint under `init_from`."""
     path = os.path.join(init_from, "checkpoints")
     if not os.path.isdir(path):
         path = init_from
@@ -30,11 +31,12 @@ def load_pretrained(init_from: str) -> tuple[dict, int]:
     step = ckpt.latest_step()
     if step is None:
         raise ConfigError(f"config.init_from={init_from!r} holds no complete checkpoint")
-    return ckpt.restore_params(step), step
+    return ckpt.restore_params(step), step, (ckpt.meta(step) or {}).get("class_names")
 
 
-def merge(fresh: dict, loaded: dict, source: str) -> dict:
-    """`fresh` with every layer taken from `loaded`, but a classifier of another class count."""
+def merge(fresh: dict, loaded: dict, source: str, same_classes: bool = True) -> dict:
+    """`fresh` with every layer taken from `loaded`, but the classifier when it has another
+    class count or (`same_classes=False`) other classes."""
     out = {}
     for layer, leaves in fresh.items():
         if layer not in loaded:
@@ -43,7 +45,11 @@ def merge(fresh: dict, loaded: dict, source: str) -> dict:
         out[layer] = {}
         for name, value in leaves.items():
             got = np.asarray(loaded[layer][name])
-            if got.shape == value.shape:
+            if layer == "fc3" and not same_classes and got.shape == value.shape:
+                logging.warning("init_from: re-initializing the classifier fc3/%s: the "
+                                "pre-trained model has other classes than this dataset", name)
+                out[layer][name] = value
+            elif got.shape == value.shape:
                 out[layer][name] = got.astype(value.dtype)
             elif layer == "fc3":
                 logging.warning("init_from: re-initializing the classifier fc3/%s: pre-trained "
@@ -57,13 +63,16 @@ def merge(fresh: dict, loaded: dict, source: str) -> dict:
     return out
 
 
-def warm_start(state, params_shardings, layout, init_from: str, canonical):
+def warm_start(state, params_shardings, layout, init_from: str, canonical,
+               class_names: list[str] | None = None):
     """`state` with its parameters from `init_from` (its fresh classifier kept where the class
     count differs), in `layout`'s stored form; `canonical` maps stored parameters to whole,
     replicated ones. The merge happens on the host; each device receives just its blocks."""
-    loaded, step = load_pretrained(init_from)
+    loaded, step, pretrained_classes = load_pretrained(init_from)
     fresh = jax.device_get(canonical(state.params))
-    stored = layout.to_stored(merge(fresh, loaded, init_from))
+    same = (pretrained_classes is None or class_names is None
+            or list(pretrained_classes) == list(class_names))
+    stored = layout.to_stored(merge(fresh, loaded, init_from, same_classes=same))
     logging.info("initialized from %s (step %d)", init_from, step)
     return state.replace(params=jax.tree.map(
         lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),

@@ -169,7 +169,7 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
     canonical = jax.jit(functools.partial(layout.from_stored, xp=jnp), out_shardings=replicated)
     if ckpt.latest_step() is None and config.init_from:   # resume wins over init_from
         state = finetune.warm_start(state, shardings.params, layout, config.init_from,
-                                    canonical)
+                                    canonical, class_names)
 
     # ------------------------------------------------------------------ steps
     train_step = step_lib.build_train_step(model, tx, config, mesh, layout, state)
@@ -257,7 +257,8 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
                                     img_s=round(values["train/images_per_second"], 1))
                 if evaluate:
                     last_eval = run_eval(step, final=done)
-                    if "val" in evaluators:      # §5.1, decided on validation only
+                    if "val" in evaluators and step > config.schedule.decide_after_step:
+                        # §5.1, decided on validation only
                         state = update_plateau(state, np.float32(
                             metrics_lib.decision_error(last_eval, "val", headline)))
                     last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
