@@ -27,7 +27,7 @@ from deep_image import errors
 flags.DEFINE_string("out", None, "Output folder: runs, data, claims.md, claims.json, plots.")
 flags.DEFINE_bool("quick", False, "A shorter study (fewer steps, 2 seeds); verdicts marked.")
 flags.DEFINE_list("claims", ["a", "b", "c", "d", "e", "f"], "Which claims (a-f).")
-flags.DEFINE_integer("seeds", None, "Seeds per arm (default: 3, quick: 2).")
+flags.DEFINE_integer("seeds", None, "Seeds per arm (default: 4, quick: 2).")
 flags.DEFINE_integer("workers", 2, "Runs trained at once (each on 1 thread when > 1).")
 flags.DEFINE_enum("budget", None, ["full", "quick", "toy"], "Overrides --quick (toy: tests).")
 FLAGS = flags.FLAGS
@@ -155,7 +155,7 @@ def main(argv):
     if unknown:
         errors.fail(f"--claims: no claim {', '.join(unknown)}; choose among "
                     f"{', '.join(claims_lib.CLAIMS)}")
-    n = FLAGS.seeds or (3 if budget == "full" else 2)
+    n = FLAGS.seeds or (4 if budget == "full" else 2)
     if n < 2:
         errors.fail("--seeds must be at least 2: an interval needs two seeds")
     spec = {"claims": sorted(FLAGS.claims), "seeds": list(range(n)), "budget": budget}

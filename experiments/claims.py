@@ -9,9 +9,9 @@ on a scarce target (species A: 480 training images, 30 per class as in CUB-200),
 augmentations on in both stages (§5.1). The target's birds span 0.2-0.7 of the image side, so
 some are small (§4.2); the pre-training birds are the benchmark's 0.45-0.7 (ImageNet's objects
 are large too). Every stage trains with the §5.1 schedule: 0.01, divided by ten when the
-validation split's top-1 stops improving (patience 2; pre-training makes no decision before
-step 1,500, while a net may still sit at chance level); the reported test split is evaluated
-once, at the end. Classifiers start at zero (config.model.head_init).
+validation split's top-1 stops improving (patience 2; no decision in the first 1,500
+pre-training or 300 fine-tuning steps, while a net may still sit at chance level); the reported
+test split is evaluated once, at the end. Classifiers start at zero (config.model.head_init).
 
     python -m deep_image.train --config=experiments/claims.py:stage=pretrain,seed=0 \\
         --workdir=runs/claims/pretrain_s0
@@ -30,13 +30,15 @@ ARG, comma separated:
 from deep_image import config as config_lib
 
 # Steps and evaluation cadence per budget. Fine-tuning: 480 images are 15 steps of 32.
-BUDGETS = {
+BUDGETS = {   # hold: no plateau decision before this step (a net at chance is not on one)
     "full": {"pretrain_steps": 4000, "pretrain_eval": 250, "pretrain_hold": 1500,
-             "finetune_steps": 900, "finetune_eval": 45},
-    "quick": {"pretrain_steps": 1500, "pretrain_eval": 150, "pretrain_hold": 900,
-              "finetune_steps": 450, "finetune_eval": 30},
+             "finetune_steps": 900, "finetune_eval": 45, "finetune_hold": 300,
+             "test_size": 2000},
+    "quick": {"pretrain_steps": 1000, "pretrain_eval": 125, "pretrain_hold": 500,
+              "finetune_steps": 300, "finetune_eval": 30, "finetune_hold": 100,
+              "test_size": 1000},
     "toy": {"pretrain_steps": 12, "pretrain_eval": 4, "pretrain_hold": 0, "finetune_steps": 8,
-            "finetune_eval": 4},
+            "finetune_eval": 4, "finetune_hold": 0, "test_size": 48},
 }
 CROP = 64                 # a multiple of 32: the dense (FC-as-conv) net equals the trained one
 SCALES = (72, 128)        # low and high training resolution; 72 keeps the paper's 8:7 ratio
@@ -74,9 +76,11 @@ def get_config(arg: str | None = None):
         c.schedule.decide_after_step = budget["pretrain_hold"]
     else:                             # the scarce target: species A, 30 images per class
         s.species = "A"
-        s.train_size, s.val_size, s.test_size = (48, 32, 48) if toy else (480, 800, 2000)
+        s.train_size, s.val_size = (48, 32) if toy else (480, 800)
+        s.test_size = budget["test_size"]
         c.total_steps = budget["finetune_steps"]
         c.eval_every_steps = c.checkpoint_every_steps = budget["finetune_eval"]
         c.schedule.patience = 2
+        c.schedule.decide_after_step = budget["finetune_hold"]
         c.finetune = args.get("finetune", "all") if stage == "finetune" else "all"
     return config_lib.lock(c)

@@ -34,6 +34,10 @@ def collective_summary(hlo: str) -> dict:
     ops = collectives(hlo, 8)
     return {"reduce_scatter": sum(o["kind"] == "reduce-scatter" for o in ops),
             "all_gather": sum(o["kind"] == "all-gather" for o in ops),
+            # the lazy update's gathers, each with the shapes it returns (a merged gather
+            # returns a tuple of several layers' parts)
+            "lazy_gathers": [o["shapes"] for o in ops
+                             if o["kind"] == "all-gather" and o["scope"] == "lazy_gather"],
             "all_reduce_shapes": [s for o in ops if o["kind"] == "all-reduce"
                                   for s in o["shapes"]]}
 
@@ -100,6 +104,8 @@ def main():
         "init_temp_bytes": memory.temp_size_in_bytes, "param_bytes": model.num_params() * 4,
         **collective_summary(hlo),
         "shards": shards, "momentum_shards": momentum,
+        "flat_leaves": {f"{k}/{n}": [1, lf.owners * lf.part] for k, v in layout.leaves.items()
+                        for n, lf in v.items() if lf.flat},
         "local_shapes": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
                          for n, lf in v.items()},
     }))

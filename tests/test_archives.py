@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 
 from conftest import tiny_config
-from deep_image.data import archives, official, pipeline, sources
+from deep_image.data import listing, official, pipeline, sources
 from deep_image.data.errors import DataError
 from test_sources import _jpeg, _train_steps
 
@@ -342,8 +342,8 @@ def test_a_devkit_of_another_year_or_count_names_the_file(tmp_path):
 
 def test_listed_source_reads_tar_members_in_place_and_pickles(tmp_path):
     _tar(tmp_path / "plain.tar", {"a.JPEG": _jpeg_bytes(0), "b.JPEG": b"not a jpeg"})
-    index = archives.tar_index(str(tmp_path / "plain.tar"))
-    src = archives.ListedSource("plain", ["x"], [0, 0], index["names"],
+    index = listing.tar_index(str(tmp_path / "plain.tar"))
+    src = listing.ListedSource("plain", ["x"], [0, 0], index["names"],
                                 tar=str(tmp_path / "plain.tar"), offsets=index["offsets"],
                                 sizes=index["sizes"])
     assert _colour_class(src[0]) == 0 and src[1] is None and src.skips.count == 1

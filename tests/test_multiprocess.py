@@ -32,8 +32,8 @@ def _env(devices, **extra):
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
 
 
-def _state(workdir):
-    path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+def _state(workdir, step=STEPS):
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
     with ocp.StandardCheckpointer() as r:
         tree = r.metadata(path).item_metadata
         here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -106,3 +106,60 @@ def test_a_dead_process_stops_the_other(tmp_path):
         pytest.fail("the surviving process hung for 120 s after its peer died")
     assert procs[0].returncode != 0
     assert time.time() - t_kill < 120
+
+
+def _start_pair(workdir, port, *args):
+    return [subprocess.Popen(
+        [sys.executable, "-m", "deep_image.train", f"--config={TINY}", f"--workdir={workdir}",
+         "--distributed", f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}", "--heartbeat_timeout=10", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(2))
+        for i in range(2)]
+
+
+def _logged(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    return max((json.loads(l)["step"] for l in open(path) if "train/loss" in l), default=0)
+
+
+STOP_ARGS = ["--config.total_steps=60", "--config.log_every_steps=5",
+             "--config.eval_every_steps=60", "--config.checkpoint_every_steps=30"]
+
+
+def test_a_notice_on_both_or_one_process_stops_both_at_one_step(tmp_path):
+    """SIGTERM to both processes right at a log point (where a host sync lets them drift
+    apart by a step), or to one process only: both save at the same step and exit with 75,
+    every time; the resumed run then equals one process with four devices."""
+    wd = tmp_path / "multi"
+    stopped = []
+    for targets in ((0, 1), (0, 1), (1,)):
+        procs = _start_pair(wd, _free_port(), *STOP_ARGS)
+        t0, start = time.time(), _logged(wd)
+        while _logged(wd) < start + 5:
+            assert time.time() - t0 < 240 and all(p.poll() is None for p in procs), \
+                procs[0].communicate()[1][-3000:] if procs[0].poll() is not None else "slow"
+            time.sleep(0.01)
+        for i in targets:
+            procs[i].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=180) for p in procs]
+        codes = [p.returncode for p in procs]
+        assert codes == [75, 75], (codes, outs[0][1][-2000:], outs[1][1][-2000:])
+        steps = {int(o.split("preempted at step ")[1].split(";")[0]) for o, _ in outs}
+        assert len(steps) == 1, steps                  # one stop step for all processes
+        stopped.append(steps.pop())
+        assert str(stopped[-1]) in os.listdir(wd / "checkpoints")
+        assert not any("mismatch" in e or "Gloo" in e for _, e in outs)
+    assert stopped == sorted(stopped) and stopped[-1] < 60
+    procs = _start_pair(wd, _free_port(), *STOP_ARGS)
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:]
+    single = subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
+                             f"--workdir={tmp_path / 'single'}", *STOP_ARGS], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=_env(4))
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = _state(tmp_path / "single", 60), _state(wd, 60)
+    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
+                                 jax.tree_util.tree_leaves_with_path(b)):
+        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=jax.tree_util.keystr(path))

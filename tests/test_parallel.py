@@ -68,6 +68,17 @@ def test_gradients_sync_by_reduce_scatter_and_all_gather(result):
         assert all(s in (f"f32[{rows},256]", f"f32[{rows},16]", *scalars) for s in shapes), shapes
 
 
+def test_lazy_update_gathers_each_layer_on_its_own(result):
+    """§3.1's lazy update: one all-gather per stored block, none merged with another layer's
+    (launch/slurm/train.sbatch keeps XLA's GPU all-gather combiner off for the same reason),
+    so a layer's forward waits for its own weights only."""
+    gathers, flat = result["lazy_gathers"], result["flat_leaves"]
+    assert all(len(shapes) == 1 for shapes in gathers), gathers          # no tuple gathers
+    got = sorted(shapes[0] for shapes in gathers)
+    want = sorted(f"f32[{a},{b}]" for a, b in flat.values())
+    assert got == want, (got, want)
+
+
 def test_each_device_holds_its_share(result):
     shards, local = result["shards"], result["local_shapes"]
     # every device holds a different 1/8 of each conv layer (owned parts of the flattened,

@@ -10,7 +10,8 @@ isolate the model, and (b) batches from the real Grain pipeline (SynthBirds rend
 crop size), to show whether input is the bottleneck. FLOPs come from the model: 2 x multiply-
 adds forward, x3 for forward + backward (VGG-16 at 224: 15.47 G multiply-adds, ~92.8 GFLOP per
 trained image). Where PyTorch is installed, the same network (torchvision's layout, SGD with
-momentum, channels_last) is timed on the CPU in the same run.
+momentum, channels_last; on a GPU bfloat16 autocast and torch.compile) is timed on the same
+device in the same run, with its ratio and MFU.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ flags.DEFINE_integer("model_axis", 1, "Devices on the mesh's model axis (hybrid 
 flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of one device for MFU (0: known "
                    "table for GPUs, none for CPUs).")
 flags.DEFINE_bool("pipeline", True, "Also time with the real input pipeline.")
-flags.DEFINE_bool("torch", True, "Also time PyTorch on the CPU when it is installed.")
+flags.DEFINE_bool("torch", True, "Also time PyTorch on the same device when installed.")
+flags.DEFINE_bool("torch_compile", True, "On a GPU, torch.compile PyTorch's network.")
 flags.DEFINE_string("json", None, "Write the results here.")
+flags.DEFINE_string("profile", None, "Also write a jax.profiler trace of 5 steps here.")
 FLAGS = flags.FLAGS
 
 PEAK_TFLOPS = {("H100", "bfloat16"): 989.0, ("H100", "float32"): 67.0,
@@ -68,29 +71,62 @@ def _time(step_fn, state, batches, steps):
     return state, (time.perf_counter() - t0) / steps
 
 
-def _torch_rate(num_classes):
+def _torch_rate(num_classes: int, device: str) -> dict | None:
+    """PyTorch's images/s for the same network, batch and crop on `device` ("cpu" or "cuda"):
+    torchvision's layout, channels_last, SGD with momentum; on a GPU bfloat16 autocast (when
+    --dtype=bfloat16) and torch.compile where it compiles."""
     try:
         import torch
     except ImportError:
         return None
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
     from deep_image.tools.torch_vgg import torchvision_layout_vgg
     net = torchvision_layout_vgg(FLAGS.variant, FLAGS.width, num_classes,
-                                 vgg.fc_input_side(FLAGS.crop)).to(memory_format=torch.channels_last)
+                                 vgg.fc_input_side(FLAGS.crop))
+    net = net.to(device=device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(FLAGS.batch, 3, FLAGS.crop, FLAGS.crop).to(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (FLAGS.batch,))
+    x = torch.randn(FLAGS.batch, 3, FLAGS.crop, FLAGS.crop, device=device)
+    x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (FLAGS.batch,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()
+    autocast = device == "cuda" and FLAGS.dtype == "bfloat16"
+    compiled = False
+    if device == "cuda" and FLAGS.torch_compile:
+        try:
+            forward = torch.compile(net)
+            compiled = True
+        except Exception:   # no compiler on this host: eager
+            forward = net
+    else:
+        forward = net
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(forward(x), y)
+        loss.backward()
         opt.step()
-    for _ in range(3):
-        step()
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+    try:
+        for _ in range(3):
+            step()
+    except Exception:     # torch.compile failing at the first call: eager instead
+        if not compiled:
+            raise
+        forward, compiled = net, False
+        for _ in range(3):
+            step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(FLAGS.steps):
         step()
-    return FLAGS.batch * FLAGS.steps / (time.perf_counter() - t0)
+    sync()
+    return {"images_per_second": FLAGS.batch * FLAGS.steps / (time.perf_counter() - t0),
+            "device": device, "compiled": compiled, "autocast_bfloat16": autocast}
 
 
 def main(argv):
@@ -119,6 +155,9 @@ def main(argv):
              "label": jax.device_put(rng.integers(0, num_classes, c.batch_size)
                                      .astype(np.int32), batch_sharding)}
     state, t_model = _time(step_fn, state, lambda n: [fixed] * n, FLAGS.steps)
+    if FLAGS.profile:    # where the step's time goes (TensorBoard's profile plugin reads it)
+        with jax.profiler.trace(FLAGS.profile):
+            state, _ = _time(step_fn, state, lambda n: [fixed] * n, 5)
 
     flops_per_image = 6 * vgg.multiply_adds(c.model.variant, c.model.width, c.data.crop,
                                         num_classes)
@@ -145,11 +184,16 @@ def main(argv):
                        for k, v in b.items()}
         state, t_real = _time(step_fn, state, real, FLAGS.steps)
         result["images_per_second_with_pipeline"] = c.batch_size / t_real
-    if FLAGS.torch and devices[0].platform == "cpu":
-        rate = _torch_rate(num_classes)
-        if rate:
-            result["torch_cpu_images_per_second"] = rate
+    if FLAGS.torch:
+        torch_result = _torch_rate(num_classes, "cpu" if devices[0].platform == "cpu"
+                                   else "cuda")
+        if torch_result:
+            rate = torch_result["images_per_second"]
+            result["torch"] = torch_result
+            result["torch_images_per_second"] = rate
             result["jax_over_torch"] = result["images_per_second_on_device"] / rate
+            if peak:
+                result["torch_mfu"] = flops_per_image * rate / (peak * 1e12)
 
     print(f"{c.model.variant} x{c.model.width:g} at {c.data.crop}px, batch {c.batch_size}, "
           f"{c.model.dtype}, {len(devices)} x {kind}, {c.parallelism} over {dict(mesh.shape)}")
@@ -161,10 +205,14 @@ def main(argv):
     if "images_per_second_with_pipeline" in result:
         print(f"  {'images/s, real input pipeline':<40}"
               f"{result['images_per_second_with_pipeline']:.1f}")
-    if "torch_cpu_images_per_second" in result:
-        print(f"  {'PyTorch CPU images/s (same net)':<40}"
-              f"{result['torch_cpu_images_per_second']:.1f}  "
+    if "torch" in result:
+        t = result["torch"]
+        how = (f"PyTorch {t['device']}{', compiled' if t['compiled'] else ''}"
+               f"{', bf16 autocast' if t['autocast_bfloat16'] else ''}")
+        print(f"  {how + ' images/s':<40}{result['torch_images_per_second']:.1f}  "
               f"(JAX / PyTorch = {result['jax_over_torch']:.2f})")
+        if "torch_mfu" in result:
+            print(f"  {'PyTorch MFU':<40}{100 * result['torch_mfu']:.1f}%")
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -26,6 +26,12 @@ class SkipCounter:
         self.name, self.count, self.reads = name, 0, 0
         self._lock = threading.Lock()
 
+    def __getstate__(self):      # Grain's worker processes get a pickled copy of the source;
+        return {"name": self.name}   # a lock cannot travel: each copy counts its own skips
+
+    def __setstate__(self, state):
+        self.__init__(state["name"])
+
     def read(self) -> None:
         """Called for every example read, good or bad."""
         with self._lock:

@@ -9,7 +9,7 @@ unpacked, with no TensorFlow (sources.py falls back to TFDS when config.data.roo
 
 Split and class names are TFDS's, so a config runs unchanged on either copy. Compressed archives
 are unpacked once beside themselves; uncompressed tars and big folders are indexed once (see
-archives.py). Every reader checks its lists against each other and names the file that is
+listing.py). Every reader checks its lists against each other and names the file that is
 missing or wrong.
 """
 
@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-from deep_image.data import archives
+from deep_image.data import listing
 from deep_image.data.errors import DataError
 
 # source -> (title, the files, where to get them)
@@ -84,7 +84,7 @@ def _folder_or_archive(root: str, folder: str, archive: str) -> str | None:
     path = os.path.join(root, archive)
     if not os.path.isfile(path):
         return None
-    inside = os.path.join(archives.unpacked(path), folder)
+    inside = os.path.join(listing.unpacked(path), folder)
     if not os.path.isdir(inside):
         found = sorted(f for f in os.listdir(os.path.dirname(inside)) if f[0] != ".")
         raise DataError(f"{path} holds {found[:5]}, not the {folder}/ folder of the official "
@@ -171,7 +171,7 @@ def cub(root: str, split: str):
     xywh = np.array([_numbers(path, tables["bounding_boxes.txt"][i].split(), float)
                      for i in ids]).reshape(-1, 4)
     boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # xmin ymin xmax ymax
-    return archives.ListedSource(
+    return listing.ListedSource(
         f"cub/{split}", [classes[str(k)] for k in range(1, len(classes) + 1)], labels,
         [images[i] for i in ids], base=os.path.join(folder, "images"), boxes=boxes,
         check_files=True)
@@ -230,7 +230,7 @@ def flowers102(root: str, split: str):
         raise DataError(f"{setid_mat} names image {bad}, but {labels_mat} labels images "
                         f"1..{len(labels)}: the two files do not belong together; download "
                         "both again")
-    return archives.ListedSource(f"flowers102/{split}", flower_names(), labels[ids - 1] - 1,
+    return listing.ListedSource(f"flowers102/{split}", flower_names(), labels[ids - 1] - 1,
                                  [f"image_{i:05d}.jpg" for i in ids], base=images,
                                  check_files=True)
 
@@ -278,7 +278,7 @@ def pets(root: str, split: str):
                                 f"{breed} images: the lists are not the official ones")
     rows = lists[split]
     _check_count(f"pets/{split}", len(rows))
-    return archives.ListedSource(
+    return listing.ListedSource(
         f"pets/{split}", [breeds.get(k, str(k)) for k in range(1, max(breeds) + 1)],
         [cls - 1 for _, cls in rows], [f"{name}.jpg" for name, _ in rows], base=images,
         check_files=True)
@@ -324,11 +324,11 @@ def _imagenet_classes(root: str) -> list[str]:
     if devkit:
         return sorted(_leaf_classes(devkit).values())
     if os.path.isdir(os.path.join(root, "train")):
-        folders = archives.folder_index(os.path.join(root, "train"))["folders"]
+        folders = listing.folder_index(os.path.join(root, "train"))["folders"]
     elif os.path.isfile(os.path.join(root, TRAIN_TAR)):
-        folders = archives.tar_index(os.path.join(root, TRAIN_TAR), nested=True)["folders"]
+        folders = listing.tar_index(os.path.join(root, TRAIN_TAR), nested=True)["folders"]
     elif os.path.isdir(os.path.join(root, "val")):
-        folders = archives.folder_index(os.path.join(root, "val"))["folders"]
+        folders = listing.folder_index(os.path.join(root, "val"))["folders"]
     else:
         raise _missing("ILSVRC-2012", os.path.join(root, DEVKIT + ".tar.gz"), "imagenet")
     return [f.decode() for f in folders]
@@ -381,23 +381,23 @@ def imagenet(root: str, split: str):
     classes = _imagenet_classes(root)
     folder = os.path.join(root, "train" if split == "train" else "val")
     if os.path.isdir(folder):
-        index = archives.folder_index(folder)
+        index = listing.folder_index(folder)
         labels = _labels_of_folders(index, classes, folder)
         _check_count(f"imagenet/{split}", len(labels))
-        return archives.ListedSource(f"imagenet/{split}", classes, labels, index["names"],
+        return listing.ListedSource(f"imagenet/{split}", classes, labels, index["names"],
                                      base=folder)
     tar = os.path.join(root, TRAIN_TAR if split == "train" else VAL_TAR)
     if not os.path.isfile(tar):
         raise _missing(title, tar, "imagenet",
                        f" (or its unpacked {os.path.basename(folder)}/<wnid>/ folders)")
     if split == "train":
-        index = archives.tar_index(tar, nested=True)
+        index = listing.tar_index(tar, nested=True)
         labels = _labels_of_folders(index, classes, tar)
     else:
-        index = archives.tar_index(tar)
+        index = listing.tar_index(tar)
         labels = _val_labels(root, index["names"], classes, tar)
     _check_count(f"imagenet/{split}", len(labels))
-    return archives.ListedSource(f"imagenet/{split}", classes, labels, index["names"], tar=tar,
+    return listing.ListedSource(f"imagenet/{split}", classes, labels, index["names"], tar=tar,
                                  offsets=index["offsets"], sizes=index["sizes"])
 
 

@@ -80,13 +80,14 @@ def execute(out: str, run: Run) -> dict:
     from deep_image.evaluation.evaluator import Evaluator, Protocol
     from deep_image.training import loop
     from deep_image.training.checkpoint import Trained
+    from deep_image.training.preemption import REQUEUE_EXIT_CODE
 
     workdir = run_dir(out, run.name)
     config = run.config(out)
     t0 = time.time()
     summary = loop.train_and_evaluate(config, workdir)
-    if summary.get("preempted"):      # stopped by a signal, checkpoint saved: not done
-        sys.exit(3)
+    if summary.get("preempted"):      # stopped by a notice, checkpoint saved: not done
+        sys.exit(REQUEUE_EXIT_CODE)
     train_seconds = time.time() - t0
     trained = Trained(workdir, config)
     arrays, metrics = {}, {}

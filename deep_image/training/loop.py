@@ -6,13 +6,11 @@ before preemption, and Ctrl-C) finishes the current step, saves a checkpoint and
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import math
 import os
-import signal
 import time
 
 import jax
@@ -31,6 +29,7 @@ from deep_image.training import state as state_lib
 from deep_image.training import step as step_lib
 from deep_image.training.checkpoint import Checkpointer
 from deep_image.training.metrics_writer import MetricsWriter
+from deep_image.training.preemption import StopNotice
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -56,26 +55,6 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-@contextlib.contextmanager
-def preemption_guard():
-    """Yields a list that becomes non-empty when SIGTERM or SIGINT arrives."""
-    received: list[int] = []
-
-    def handler(signum, frame):
-        if received:    # a second signal: the user means it
-            raise KeyboardInterrupt
-        received.append(signum)
-        logging.warning("received %s: saving a checkpoint after this step",
-                        signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def total_steps(config, train_size: int) -> int:
     if config.total_steps > 0:
         return int(config.total_steps)
@@ -90,10 +69,12 @@ def _write_config(workdir: str, config) -> None:
     os.replace(tmp, path)
 
 
-def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
+                       notice: StopNotice | None = None) -> dict:
     """Trains, evaluates and checkpoints; returns the last evaluation's metrics. A rerun of a
     finished run returns its last evaluation (with `finished`); `resume_step` resumes from an
-    earlier checkpoint than the latest (the later ones are moved aside)."""
+    earlier checkpoint than the latest (the later ones are moved aside). `notice` (installed
+    by the entry point before anything else) tells when to save and stop."""
     # ------------------------------------------------------------------ checks
     config_lib.check(config)
 
@@ -152,16 +133,21 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None) -> 
     if resume_step is not None:
         discard_checkpoints_after(ckpt_dir, resume_step, workdir)
     ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
+    own_notice = notice is None
+    notice = notice or StopNotice().install()
     try:   # from here on every exit path closes the checkpointer (pending saves finish)
         return _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
                     mesh, train_source, train_iter, sources_by_prefix={
-                        "val": val_source, "eval": eval_source}, steps=steps, put=put)
+                        "val": val_source, "eval": eval_source}, steps=steps, put=put,
+                    notice=notice)
     finally:
         ckpt.close()
+        if own_notice:
+            notice.uninstall()
 
 
 def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout, mesh,
-         train_source, train_iter, *, sources_by_prefix, steps, put) -> dict:
+         train_source, train_iter, *, sources_by_prefix, steps, put, notice) -> dict:
     is_main = jax.process_index() == 0
     pidx, pcount = jax.process_index(), jax.process_count()
     replicated = mesh_lib.replicated(mesh)
@@ -191,6 +177,9 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
     start = int(jax.device_get(state.step))
     if start >= steps:
         return finished_result(config, workdir, start, steps)
+    if jax.process_count() == 1 and notice.pending():   # told to stop before the first step
+        logging.warning("stopped before step %d by a notice; nothing to save", start + 1)
+        return {"preempted": True, "step": start}
     if is_main:
         _write_config(workdir, config)
     meta = {"class_names": class_names, "num_classes": len(class_names),
@@ -233,45 +222,45 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
     step = start
     preempted = False
     try:
-        with preemption_guard() as signals:
-            while step < steps:
-                batch = next(train_iter)
-                state, metrics = train_step(state, put(batch))
-                pending.append(metrics)
-                step += 1
-                writer.step()
-                done = step == steps
-                evaluate = step % config.eval_every_steps == 0 or done
-                save = step % config.checkpoint_every_steps == 0 or done or bool(signals)
-                if step % config.log_every_steps == 0 or evaluate or save:
-                    # the loop's only routine host sync: before anything is logged, evaluated
-                    # or saved, every step since the last sync must have stayed finite
-                    fetched = jax.device_get(pending)
-                    pending = []
-                    check_finite(fetched, step, ckpt, config)
-                    values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
-                              if k != "train/finite"}
-                    values["train/images_per_second"] = writer.train_rate(step)
-                    writer.write(step, values)
-                    writer.progress(loss=values["train/loss"], lr=values["train/lr"],
-                                    img_s=round(values["train/images_per_second"], 1))
-                if evaluate:
-                    last_eval = run_eval(step, final=done)
-                    if "val" in evaluators and step > config.schedule.decide_after_step:
-                        # §5.1, decided on validation only
-                        state = update_plateau(state, np.float32(
-                            metrics_lib.decision_error(last_eval, "val", headline)))
-                    last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
-                    writer.write(step, last_eval)
-                if save:
-                    ckpt.save(step, state, train_iter, meta, wait=done or bool(signals))
-                if signals:
-                    preempted = True
-                    break
+        while step < steps:
+            batch = next(train_iter)
+            state, metrics = train_step(state, put(batch))
+            pending.append(metrics)
+            step += 1
+            writer.step()
+            done = step == steps
+            stop = not done and notice.stop_at(step)   # the same step on every process
+            evaluate = step % config.eval_every_steps == 0 or done
+            save = step % config.checkpoint_every_steps == 0 or done or stop
+            if step % config.log_every_steps == 0 or evaluate or save:
+                # the loop's only routine host sync: before anything is logged, evaluated
+                # or saved, every step since the last sync must have stayed finite
+                fetched = jax.device_get(pending)
+                pending = []
+                check_finite(fetched, step, ckpt, config)
+                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
+                          if k != "train/finite"}
+                values["train/images_per_second"] = writer.train_rate(step)
+                writer.write(step, values)
+                writer.progress(loss=values["train/loss"], lr=values["train/lr"],
+                                img_s=round(values["train/images_per_second"], 1))
+            if evaluate:
+                last_eval = run_eval(step, final=done)
+                if "val" in evaluators and step > config.schedule.decide_after_step:
+                    # §5.1, decided on validation only
+                    state = update_plateau(state, np.float32(
+                        metrics_lib.decision_error(last_eval, "val", headline)))
+                last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
+                writer.write(step, last_eval)
+            if save:
+                ckpt.save(step, state, train_iter, meta, wait=done or stop)
+            if stop:
+                preempted = True
+                break
     finally:
         writer.close()
     if preempted:
-        logging.warning("stopped at step %d of %d by a signal; the checkpoint is saved: run "
+        logging.warning("stopped at step %d of %d by a notice; the checkpoint is saved: run "
                         "the same command to resume", step, steps)
         return {"preempted": True, "step": step}
     return {**last_eval, "step": step, "split": config.data.eval_split}
