@@ -47,10 +47,12 @@ class Run:
         return c
 
     def command(self, out: str) -> str:
-        """The train command a user runs to redo this run alone."""
-        extra = f" --config.init_from={run_dir(out, self.init)}" if self.init else ""
+        """The train command a user runs (from the repository) to redo this run alone."""
+        rel = os.path.relpath(out)
+        extra = f" --config.init_from={run_dir(rel, self.init)}" if self.init else ""
         return (f"python -m deep_image.train --config=experiments/claims.py:{self.arg} "
-                f"--workdir={run_dir(out, self.name)}{extra}")
+                f"--workdir={run_dir(rel, self.name)} --config.data.synthetic.prerendered="
+                f"{data_dir(rel)}{extra}")
 
 
 def run_dir(out: str, name: str) -> str:
