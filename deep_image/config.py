@@ -28,7 +28,9 @@ def base() -> ml_collections.ConfigDict:
     c.seed = 0                         # parameters, data order, augmentation and dropout
 
     c.model = ml_collections.ConfigDict()
-    c.model.variant = "vgg16"          # vgg16 | vgg19 (§5.1, Figure 8)
+    c.model.name = "vgg"               # the family: a module of deep_image/models (vgg, resnet)
+    c.model.variant = "vgg16"          # vgg: vgg11 | vgg16 | vgg19 (§5.1, Figure 8); resnet:
+                                       # resnet18 | resnet50
     c.model.width = 1.0                # multiplies every conv and FC width; >1: "larger" models
     c.model.dtype = "float32"          # compute dtype: float32 | bfloat16; parameters stay float32
     c.model.dropout_rate = constants.DROPOUT_RATE
@@ -108,7 +110,7 @@ def base() -> ml_collections.ConfigDict:
     c.schedule.decide_after_step = 0   # no plateau decision before this step (a net still at
                                        # chance level is not on a plateau)
     # Fixed divisions by `factor` at these steps (e.g. a plateau schedule recorded on a
-    # train/val run, replayed when retraining on train+val: benchmarks.recorded_decay_steps)
+    # train/val run, replayed when retraining on train+val: paper_benchmarks.recorded_decay_steps)
     c.schedule.decay_steps = ()
 
     # Fine-tuning (§5): start from another run's weights; which layers train.
@@ -166,16 +168,17 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def check(config: ml_collections.ConfigDict) -> None:
     """Fails fast, before anything is built, on values that cannot run."""
+    from deep_image import models
     from deep_image.data import sources   # sources import config-free modules only
-    from deep_image.models import VARIANTS
 
     def need(ok: bool, msg: str):
         if not ok:
             raise ConfigError(msg)
 
-    need(config.model.variant in VARIANTS,
-         f"config.model.variant={config.model.variant!r} is not a model; choose one of "
-         f"{', '.join(VARIANTS)}")
+    try:
+        models.family(config.model.name).check(config)   # the family says what it can run
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     need(config.model.dtype in MODEL_DTYPES,
          f"config.model.dtype={config.model.dtype!r}; choose one of {', '.join(MODEL_DTYPES)}")
     need(config.model.width > 0, f"config.model.width must be > 0, got {config.model.width}")
@@ -190,8 +193,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     need(0 < config.data.crop <= config.data.scale,
          f"config.data.crop={config.data.crop} must be in (0, config.data.scale="
          f"{config.data.scale}]")
-    need(config.data.crop >= 32, f"config.data.crop={config.data.crop}: VGG's five 2x2 pools "
-         "need crops of at least 32 pixels")
     need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
          "config.data.mean and config.data.std need three values (RGB), std > 0")
     need(config.parallelism in PARALLELISMS,

@@ -47,12 +47,3 @@ COLOR_CAST_MAX_SHIFT = 20     # §4.1 "a random integer ranging from -20 to +20"
 # §5.2 Oxford-IIIT Pets: "The learning rate starts from 0.001 and decreased to 0.0001."
 PETS_LEARNING_RATE = 0.001
 PETS_FINAL_LEARNING_RATE = 0.0001
-
-# §5.2-§5.4 Reported results, quoted by the benchmark configs' docstrings and targets.
-REPORTED = {
-    "cub_256": 0.837, "cub_512": 0.816, "cub_ensemble": 0.849, "cub_bbox": 0.856,
-    "flowers_all": 0.9873, "flowers_last": 0.961,
-    "pets_fc": 0.931,
-    "aircraft_all": 0.8517,
-    "indoor_fc": 0.824,
-}

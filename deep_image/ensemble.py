@@ -55,7 +55,7 @@ def main(argv):
             split = flags.FLAGS.split or first.config.data.eval_split
             source = sources.get_source(run.config.data, split)
             probs, labs = Evaluator(run.model, run.config, source, Protocol.of(run.config),
-                                    cache=False).posteriors(run.params)
+                                    cache=False).posteriors(run.params, run.stats)
             if labels is not None and not np.array_equal(labels, labs):
                 raise errors.ConfigError(f"{wd} sees other test examples than {workdirs[0]}")
             labels = labs

@@ -47,7 +47,7 @@ def main(argv):
         protocol = Protocol.of(run.config)
         headline = run.config.eval.headline
         counts = Evaluator(run.model, run.config, source, protocol, cache=False).counts(
-            run.params)
+            run.params, run.stats)
         values = counts.summary("eval", headline)
 
     print(f"{flags.FLAGS.workdir}  step {run.step}  split {split}  {protocol.describe()}")

@@ -57,7 +57,7 @@ def main(argv):
         probs, _ = Evaluator(run.model, run.config, _Images(images, run.class_names),
                              Protocol.of(run.config), cache=False,
                              batch_size=min(len(images), run.config.eval_batch_size)
-                             ).posteriors(run.params)
+                             ).posteriors(run.params, run.stats)
         k = min(flags.FLAGS.top, len(run.class_names))
         for path, p in zip(readable, probs):
             best = np.argsort(-p)[:k]

@@ -13,14 +13,14 @@ split: the rate is divided at the steps the train/val run chose, for as many ste
         --workdir=runs/aircraft_all_trainval
 """
 
-from deep_image import benchmarks
+from deep_image import paper_benchmarks
 from deep_image import config as config_lib
 
 
 def get_config(arg=None):
     args = dict(kv.partition("=")[::2] for kv in arg.split(",")) if arg else {}
-    c = benchmarks.paper_config("aircraft", variant="vgg19", scale=256, finetune="all",
+    c = paper_benchmarks.paper_config("aircraft", variant="vgg19", scale=256, finetune="all",
                                 init_from="runs/ilsvrc_vgg19_256", width=1.0)
     if args.get("trainval"):
-        benchmarks.retrain_on_trainval(c, args["trainval"])
+        paper_benchmarks.retrain_on_trainval(c, args["trainval"])
     return config_lib.lock(c)

@@ -7,12 +7,12 @@ the box at test time (--config.eval.bbox=True).
     python -m deep_image.train --config=experiments/cub_256.py --workdir=runs/cub_256
 """
 
-from deep_image import benchmarks
+from deep_image import paper_benchmarks
 from deep_image import config as config_lib
 
 
 def get_config(arg=None):
     del arg
-    c = benchmarks.paper_config("cub", variant="vgg19", scale=256, finetune="all",
+    c = paper_benchmarks.paper_config("cub", variant="vgg19", scale=256, finetune="all",
                                 init_from="runs/ilsvrc_vgg19_256", width=1.0)
     return config_lib.lock(c)

@@ -1,10 +1,11 @@
 """Run with 8 simulated devices (tests/test_parallel.py starts it): the §3 parallel train step
 vs single-device training on the same global batches. Prints one JSON line.
 
-    python tests/butterfly_equivalence.py PARALLELISM DATA MODEL [columns]
+    python tests/butterfly_equivalence.py PARALLELISM DATA MODEL [columns] [--family=resnet]
 
 `columns`: other sharding rules (FC1 whole, FC2 and FC3 by columns), so the step's other
-ways of computing an FC layer are checked too.
+ways of computing an FC layer are checked too. `--family=resnet`: ResNet-50 at 1/16 width,
+whose BatchNorm statistics (over the global batch) must match one device's too.
 """
 
 import json
@@ -16,15 +17,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import tiny_config  # noqa: E402
-from deep_image import models  # noqa: E402
 from deep_image.bench.scaling import collectives  # noqa: E402
-from deep_image.parallel import layout as layout_lib  # noqa: E402
 from deep_image.parallel import mesh as mesh_lib  # noqa: E402
 from deep_image.training import state as state_lib  # noqa: E402
-from deep_image.training import step as step_lib  # noqa: E402
+from deep_image.training import setup as setup_lib  # noqa: E402
 
 STEPS = 3
 COLUMNS = ((r"^fc1/", ()), (r"^fc[23]/kernel$", (None, "model")), (r"^fc[23]/bias$", ("model",)))
+# ResNet's one FC layer split by output columns over the FC axis (its bias with it)
+RESNET_RULES = ((r"^fc/kernel$", (None, "model")), (r"^fc/bias$", ("model",)))
 
 
 def collective_summary(hlo: str) -> dict:
@@ -39,57 +40,62 @@ def collective_summary(hlo: str) -> dict:
             "lazy_gathers": [o["shapes"] for o in ops
                              if o["kind"] == "all-gather" and o["scope"] == "lazy_gather"],
             "all_reduce_shapes": [s for o in ops if o["kind"] == "all-reduce"
-                                  for s in o["shapes"]]}
+                                  and "batch_statistics" not in o["op_names"]
+                                  for s in o["shapes"]],
+            # cross-device BatchNorm: the sums of the global batch's statistics
+            "batch_stat_reduces": sum(o["kind"] == "all-reduce" and "batch_statistics"
+                                      in o["op_names"] for o in ops)}
 
 
 def main():
-    parallelism, data, model_axis = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    family = next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--family=")), "vgg")
+    parallelism, data, model_axis = args[0], int(args[1]), int(args[2])
     config = tiny_config(batch_size=16, parallelism=parallelism)
-    if sys.argv[4:] == ["columns"]:
+    if family == "resnet":     # the second family: BatchNorm statistics in the state
+        config.model.name, config.model.variant = "resnet", "resnet50"
+        config.sharding_rules = RESNET_RULES
+    if args[3:] == ["columns"]:
         config.sharding_rules = COLUMNS
-    model = models.build(config.model, 16, config.data.crop)
-    tx = state_lib.make_optimizer(config.optimizer)
-    plateau = state_lib.make_plateau(config.schedule)
     rng = np.random.default_rng(0)
     batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
                 "label": rng.integers(0, 16, 16).astype(np.int32)} for _ in range(STEPS)]
 
     # One device.
-    one = mesh_lib.make_mesh((("data", 1), ("model", 1)), jax.devices()[:1])
-    canonical = layout_lib.plan(model.abstract_params, dict(one.shape), parallelism,
-                                config.sharding_rules)
-    state, sh = state_lib.create(model, tx, plateau, config, one, canonical)
-    single = step_lib.make_train_step(model, tx, config, sh, mesh_lib.batch_sharding(one),
-                                      mesh_lib.replicated(one))
-    ref_losses, ref_params = [], []
+    one = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", 1), ("model", 1)),
+                                                              jax.devices()[:1]))
+    model, canonical, state = one.model, one.layout, one.state
+    init_params = jax.device_get(canonical.from_stored(jax.device_get(state.params)))
+    ref_losses, ref_params, ref_stats = [], [], []
     for b in batches:
-        state, m = single(state, b)
+        state, m = one.train_step(state, b)
         ref_losses.append(float(m["train/loss"]))
         ref_params.append(jax.device_get(state.params))
+        ref_stats.append(jax.device_get(state.stats))
 
     # The mesh: created already sharded from the same seed (so the same initial weights).
-    mesh = mesh_lib.make_mesh((("data", data), ("model", model_axis)))
-    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), parallelism,
-                             config.sharding_rules)
-    pstate, _ = state_lib.create(model, tx, plateau, config, mesh, layout)
+    run = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", data),
+                                                               ("model", model_axis))))
+    mesh, layout, pstate, step = run.mesh, run.layout, run.state, run.train_step
     init_diff = max(float(np.max(np.abs(a - r))) for a, r in zip(
         jax.tree.leaves(layout.from_stored(jax.device_get(pstate.params))),
-        jax.tree.leaves(canonical.from_stored(jax.device_get(
-            state_lib.create(model, tx, plateau, config, one, canonical)[0].params)))))
+        jax.tree.leaves(init_params)))
     # what creating the sharded state costs one device (params + momentum out, temporaries)
-    init = state_lib.initializer(model, tx, plateau, layout, mesh)
+    init = state_lib.initializer(model, run.tx, run.plateau_tx, layout, mesh)
     key = jax.random.PRNGKey(config.seed)
     memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh)) \
         .lower(key).compile().memory_analysis()
-    step = step_lib.make_parallel_train_step(model, tx, config, mesh, layout, pstate)
     hlo = step.lower(pstate, batches[0]).compile().as_text()
-    losses, diffs = [], []
+    losses, diffs, stat_diffs = [], [], []
     for i, b in enumerate(batches):
         pstate, m = step(pstate, b)
         losses.append(float(m["train/loss"]))
         got = layout.from_stored(jax.device_get(pstate.params))
         diffs.append(max(float(np.max(np.abs(a - r))) for a, r in
                          zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))))
+        stat_diffs.append(max([float(np.max(np.abs(a - r))) for a, r in zip(
+            jax.tree.leaves(jax.device_get(pstate.stats)), jax.tree.leaves(ref_stats[i]))],
+            default=0.0))
     # per leaf: [stored global shape, one device's shard shape, number of distinct shards]
     shards = {f"{layer}/{name}": [list(x.shape), list(x.addressable_shards[0].data.shape),
                                   len({str(s.index) for s in x.addressable_shards})]
@@ -99,7 +105,8 @@ def main():
                 for name, x in leaves.items()}
     print(json.dumps({
         "devices": mesh.size, "ref_losses": ref_losses, "losses": losses,
-        "max_param_diff": diffs, "init_diff": init_diff,
+        "max_param_diff": diffs, "init_diff": init_diff, "max_stat_diff": stat_diffs,
+        "num_stats": len(jax.tree.leaves(pstate.stats)),
         "init_output_bytes": memory.output_size_in_bytes,
         "init_temp_bytes": memory.temp_size_in_bytes, "param_bytes": model.num_params() * 4,
         **collective_summary(hlo),

@@ -15,6 +15,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="deep
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest_plugins = ["slurm_cluster"]     # the `slurm` fixture: a one-node SLURM on localhost
 TINY = f"{REPO}/experiments/synthetic.py:tiny"
 
 
@@ -24,6 +25,19 @@ def run_train(workdir, *overrides, config=TINY, timeout=300, **popen):
            f"--workdir={workdir}", *overrides]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, **popen)
+
+
+def cli(module: str, *args, timeout: int = 300):
+    """Runs `python -m MODULE ARGS` as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def read_state(workdir, step):
+    """The train state a run saved at `step`, as a plain tree of arrays."""
+    import orbax.checkpoint as ocp
+    return ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
 @pytest.fixture
@@ -48,3 +62,21 @@ def tiny_config(**overrides):
         else:
             node[leaf] = value
     return config
+
+
+def build_model(variant: str, num_classes: int, *, width: float, input_size: int,
+                dtype: str = "float32", dropout_rate: float = 0.5, head_init: str = "he"):
+    """A model of the family `variant` belongs to (vgg*, resnet*), through models.build."""
+    from deep_image import config as config_lib
+    from deep_image import models
+    c = config_lib.base().model
+    c.name = "resnet" if variant.startswith("resnet") else "vgg"
+    c.variant, c.width, c.dtype = variant, width, dtype
+    c.dropout_rate, c.head_init = dropout_rate, head_init
+    return models.build(c, num_classes, input_size)
+
+
+def init_params(model, seed: int = 0):
+    """A model's fresh parameters (its statistics dropped)."""
+    import jax
+    return model.init(jax.random.PRNGKey(seed))[0]

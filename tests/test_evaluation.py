@@ -5,8 +5,6 @@ an unbalanced set by hand, and the evaluate / ensemble / predict commands on tin
 
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import jax
@@ -14,12 +12,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, run_train, tiny_config
+from conftest import build_model, cli, init_params, run_train, tiny_config
 from deep_image.data import sources, transforms
 from deep_image.data.errors import DataError
-from deep_image.evaluation import dense, metrics
+from deep_image.evaluation import metrics
 from deep_image.evaluation.evaluator import Evaluator, Protocol
-from deep_image.models import Model
 from test_sources import _fgvc
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -42,11 +39,11 @@ def _relu(x):
 # ----------------------------------------------------------------------------- dense scores
 
 def test_dense_score_map_is_the_fc_layers_on_every_window():
-    model = Model("vgg16", 10, width=0.125, input_size=64, dtype="float32", dropout_rate=0.5)
-    params = model.init(jax.random.PRNGKey(0))
+    model = build_model("vgg16", 10, width=0.125, input_size=64, dtype="float32", dropout_rate=0.5)
+    params = init_params(model, 0)
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 64, 64, 3))
     # at the training size the map is 1x1 and equals the original net
-    np.testing.assert_allclose(dense.dense_scores(model, params, x), model.apply(params, x),
+    np.testing.assert_allclose(model.dense_scores(params, x), model.apply(params, x),
                                rtol=1e-5, atol=1e-5)
     big = jax.random.normal(jax.random.PRNGKey(2), (2, 96, 128, 3))
     feats = np.asarray(model.module(params).features(big), np.float64)    # (2, 3, 4, C)
@@ -60,19 +57,19 @@ def test_dense_score_map_is_the_fc_layers_on_every_window():
             h = _relu(h @ p["fc2"]["kernel"] + p["fc2"]["bias"])
             maps.append(h @ p["fc3"]["kernel"] + p["fc3"]["bias"])
     assert len(maps) == 6                                                # a 2x3 score map
-    np.testing.assert_allclose(dense.dense_scores(model, params, big), np.mean(maps, 0),
+    np.testing.assert_allclose(model.dense_scores(params, big), np.mean(maps, 0),
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="at least 64px"):
-        dense.dense_scores(model, params, x[:, :32, :32])
+        model.dense_scores(params, x[:, :32, :32])
 
 
 @pytest.fixture(scope="module")
 def small():
     config = tiny_config(eval_batch_size=4, data__synthetic__test_size=7)
     source = sources.get_source(config.data, "test")
-    model = Model("vgg11", 16, width=0.125, input_size=config.data.crop, dtype="float32",
+    model = build_model("vgg11", 16, width=0.125, input_size=config.data.crop, dtype="float32",
                   dropout_rate=0.5)
-    return config, source, model, model.init(jax.random.PRNGKey(3))
+    return config, source, model, init_params(model, 3)
 
 
 def test_multiscale_flip_posteriors_equal_a_per_image_reference(small):
@@ -85,7 +82,7 @@ def test_multiscale_flip_posteriors_equal_a_per_image_reference(small):
         for scale in (40, 48):
             image = _normalized(transforms.resize(source[i]["image"], scale))
             for view in (image, image[:, ::-1]):
-                views.append(_softmax(dense.dense_scores(model, params, view[None]))[0])
+                views.append(_softmax(model.dense_scores(params, view[None]))[0])
         expected.append(np.mean(views, 0))
     assert labels.tolist() == [source[i]["label"] for i in range(len(source))]
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
@@ -111,8 +108,8 @@ def test_bbox_protocol_crops_each_test_image_to_its_box(tmp_path):
     root, _ = _fgvc(tmp_path)
     config = tiny_config(data__source="aircraft", data__root=str(root), eval_batch_size=4)
     source = sources.get_source(config.data, "test")
-    model = Model("vgg11", 3, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
-    params = model.init(jax.random.PRNGKey(0))
+    model = build_model("vgg11", 3, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    params = init_params(model, 0)
     got, _ = Evaluator(model, config, source, Protocol(False, (40,), bbox=True),
                        cache=False).posteriors(params)
     whole, _ = Evaluator(model, config, source, Protocol(False, (40,)),
@@ -167,9 +164,6 @@ def test_metrics_on_an_unbalanced_set_by_hand():
 
 # ----------------------------------------------------------------------------- commands
 
-def _cli(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 STEPS = 80
@@ -204,7 +198,7 @@ def _test_crops(config):
 
 
 def test_evaluate_center_crop_matches_training_eval(runs):
-    proc = _cli("deep_image.evaluate", f"--workdir={runs[0]}")
+    proc = cli("deep_image.evaluate", f"--workdir={runs[0]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.strip() == "", proc.stderr[-2000:]        # nothing but our output
     result = json.load(open(os.path.join(runs[0], "eval.json")))
@@ -215,7 +209,7 @@ def test_evaluate_center_crop_matches_training_eval(runs):
     # and both equal the net on the centre crops, counted by hand
     config = tiny_config()
     x, labels = _test_crops(config)
-    model = Model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
+    model = build_model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
     logits = np.asarray(model.apply(_params(runs[0]), x))
     assert result["eval/top1"] == pytest.approx(np.mean(logits.argmax(1) == labels))
     per_class = [np.mean(logits.argmax(1)[labels == c] == c) for c in np.unique(labels)]
@@ -224,7 +218,7 @@ def test_evaluate_center_crop_matches_training_eval(runs):
 
 
 def test_evaluate_dense_multiscale_flip_headline(runs):
-    proc = _cli("deep_image.evaluate", f"--workdir={runs[0]}",
+    proc = cli("deep_image.evaluate", f"--workdir={runs[0]}",
                 "--config=experiments/synthetic.py:tiny", "--config.eval.protocol=dense",
                 "--config.eval.scales=(40,48)", "--config.eval.flip=True",
                 "--config.eval.headline=mean_per_class")
@@ -238,7 +232,7 @@ def test_evaluate_dense_multiscale_flip_headline(runs):
 
 
 def test_evaluate_with_boxes_on_a_dataset_without_is_one_line(runs):
-    proc = _cli("deep_image.evaluate", f"--workdir={runs[0]}",
+    proc = cli("deep_image.evaluate", f"--workdir={runs[0]}",
                 "--config=experiments/synthetic.py:tiny", "--config.eval.bbox=True")
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "has no box" in lines[0], lines
@@ -246,12 +240,12 @@ def test_evaluate_with_boxes_on_a_dataset_without_is_one_line(runs):
 
 def test_ensemble_averages_posteriors_not_logits(runs, tmp_path):
     out, npz = tmp_path / "ens.json", tmp_path / "ens.npz"
-    proc = _cli("deep_image.ensemble", f"--workdirs={runs[0]},{runs[1]}", f"--out={out}",
+    proc = cli("deep_image.ensemble", f"--workdirs={runs[0]},{runs[1]}", f"--out={out}",
                 f"--posteriors={npz}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = tiny_config()
     x, labels = _test_crops(config)
-    model = Model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
+    model = build_model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
     logits = [np.asarray(model.apply(_params(wd), x), np.float64) for wd in runs]
     by_posteriors = (_softmax(logits[0]) + _softmax(logits[1])) / 2
     by_logits = _softmax((logits[0] + logits[1]) / 2)
@@ -276,7 +270,7 @@ def test_predict_reports_bad_files_and_predicts_the_rest(runs, tmp_path):
         good.append(str(path))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    proc = _cli("deep_image.predict", f"--workdir={runs[0]}", "--top=3", good[0], str(bad),
+    proc = cli("deep_image.predict", f"--workdir={runs[0]}", "--top=3", good[0], str(bad),
                 good[1])
     assert proc.returncode == 1
     lines = proc.stdout.strip().splitlines()
@@ -286,7 +280,7 @@ def test_predict_reports_bad_files_and_predicts_the_rest(runs, tmp_path):
         f"error: {bad}: not a decodable image"]                   # nothing but our line
     # the printed top class is the net's on the image's centre crop
     config = tiny_config()
-    model = Model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
+    model = build_model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
     names = sources.get_source(config.data, "test").class_names
     for path, line in zip(good, lines):
         image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)

@@ -44,9 +44,10 @@ def _tiny(c, **extra):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     runs = {}
-    for variant in ("vgg16", "vgg19"):
+    for variant in ("vgg16", "vgg19", "resnet50"):
         wd = tmp_path_factory.mktemp(f"pre_{variant}")
-        c = _tiny(tiny_config(model__variant=variant))
+        c = _tiny(tiny_config(model__variant=variant,
+                              model__name="resnet" if variant.startswith("resnet") else "vgg"))
         loop.train_and_evaluate(c, str(wd))
         runs[variant] = str(wd)
     return runs

@@ -12,10 +12,9 @@ import textwrap
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, TINY, run_train
+from conftest import REPO, TINY, read_state, run_train
 from deep_image import errors
 from deep_image.training.checkpoint import Checkpointer
 
@@ -34,9 +33,6 @@ def _steps(workdir):
     return sorted(int(n) for n in os.listdir(path) if n.isdigit())
 
 
-def _state(workdir, step):
-    return ocp.StandardCheckpointer().restore(
-        os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
 def _finite(state):
@@ -56,7 +52,7 @@ DIVERGING = ("--config.optimizer.learning_rate=3", "--config.schedule.warmup_ste
              "--config.keep_checkpoints=100")
 
 
-def test_divergence_never_checkpoints_a_non_finite_state(tmp_path):
+def test_divergence_never_checkpoints_a_non_finiteread_state(tmp_path):
     wd = tmp_path / "run"
     line = _error_line(run_train(wd, *DIVERGING))
     assert "training diverged at step" in line and "the last good checkpoint is step" in line
@@ -64,7 +60,7 @@ def test_divergence_never_checkpoints_a_non_finite_state(tmp_path):
     steps = _steps(wd)
     assert steps and max(steps) < diverged
     assert f"step {max(steps)} in" in line and "learning_rate" in line
-    assert all(_finite(_state(wd, s)) for s in steps) and _no_tmp(wd)
+    assert all(_finite(read_state(wd, s)) for s in steps) and _no_tmp(wd)
     assert "training diverged" in (wd / "error.log").read_text()
     # the advice works: a sane rate from the oldest kept checkpoint finishes the run (the
     # newest one, a step before the NaN, already holds weights that are far too large)
@@ -78,7 +74,7 @@ def test_divergence_never_checkpoints_a_non_finite_state(tmp_path):
 def _write_nan_copy(workdir, step):
     """Checkpoint `step` rewritten with NaN parameters (as the unguarded code could write)."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    state = _state(workdir, step)
+    state = read_state(workdir, step)
     kernel = np.array(state["params"]["conv1_1"]["kernel"])
     kernel[0, 0, 0, 0] = np.nan
     state["params"]["conv1_1"]["kernel"] = kernel
@@ -104,7 +100,7 @@ def test_non_finite_or_mismatched_checkpoints_are_refused_and_finished_runs_say_
     proc = run_train(wd, "--resume_step=20")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and _steps(wd) == [20, 30, 40]
-    assert _finite(_state(wd, 40)) and os.listdir(wd / "discarded_checkpoints")
+    assert _finite(read_state(wd, 40)) and os.listdir(wd / "discarded_checkpoints")
     # resuming with a config that builds another state is one line, not orbax's traceback
     line = _error_line(run_train(wd, "--config.optimizer.weight_decay=0"))
     assert "checkpoint 40" in line and "config.json" in line
@@ -141,7 +137,7 @@ def test_an_exception_while_a_save_is_pending_leaves_a_complete_checkpoint(tmp_p
                           text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0 and "injected fault" in proc.stderr, proc.stderr[-3000:]
     assert "cannot schedule new futures" not in proc.stderr
-    assert _steps(wd) == [10] and _no_tmp(wd) and _finite(_state(wd, 10))
+    assert _steps(wd) == [10] and _no_tmp(wd) and _finite(read_state(wd, 10))
     resumed = run_train(wd)
     assert resumed.returncode == 0 and "at step 10" in resumed.stderr, resumed.stderr[-3000:]
 
@@ -165,7 +161,7 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays_good(small_di
     assert "No space left on device" in line and "rerun the same command" in line
     steps = _steps(wd)
     assert steps, "the first checkpoint fits"
-    assert _finite(_state(wd, max(steps)))
+    assert _finite(read_state(wd, max(steps)))
 
 
 def test_environment_errors_are_found_behind_library_exceptions():

@@ -1,19 +1,14 @@
 """Fine-tuning (§5): init_from another run, the classifier re-initialized for a new class count,
 and frozen layers bit-identical after training with no optimizer state."""
 
-import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import run_train
+from conftest import read_state, run_train
 
 
-def _state(workdir, step):
-    return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
-                                                           "state"))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def test_finetune_modes_train_exactly_their_layers(pretrained, tmp_path, mode, t
                      "--config.checkpoint_every_steps=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "initialized from" in proc.stderr and "re-initializing" not in proc.stderr
-    before, after = _state(pretrained, 20)["params"], _state(wd, 10)["params"]
+    before, after = read_state(pretrained, 20)["params"], read_state(wd, 10)["params"]
     assert set(after) == LAYERS
     for layer in after:
         for name in after[layer]:
@@ -49,7 +44,7 @@ def test_finetune_modes_train_exactly_their_layers(pretrained, tmp_path, mode, t
             # trained layers moved from the pre-trained weights, not from a fresh init
             assert np.linalg.norm(a - b) < 0.5 * np.linalg.norm(b) + 1e-3, (layer, name)
     # Frozen layers carry no optimizer state: the momentum trace covers trained layers only.
-    opt_leaves = jax.tree_util.tree_flatten_with_path(_state(wd, 10)["opt_state"])[0]
+    opt_leaves = jax.tree_util.tree_flatten_with_path(read_state(wd, 10)["opt_state"])[0]
     layers_with_state = {str(p[-2].key) for p, _ in opt_leaves if len(p) >= 2
                          and hasattr(p[-2], "key")}
     assert layers_with_state == trained
@@ -62,7 +57,7 @@ def test_new_class_count_reinitializes_only_the_classifier(pretrained, tmp_path)
                      "--config.eval_every_steps=10", "--config.checkpoint_every_steps=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "re-initializing the classifier fc3/kernel" in proc.stderr
-    before, after = _state(pretrained, 20)["params"], _state(wd, 10)["params"]
+    before, after = read_state(pretrained, 20)["params"], read_state(wd, 10)["params"]
     assert after["fc3"]["kernel"].shape == (before["fc3"]["kernel"].shape[0], 4)
     assert all(np.array_equal(before[l][n], after[l][n]) for l in after if l != "fc3"
                for n in after[l])

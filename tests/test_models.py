@@ -5,18 +5,19 @@ import pytest
 from flax import nnx
 
 from deep_image import constants
-from deep_image.models import VGG, Model
+from conftest import build_model, init_params
+from deep_image.models.vgg import VGG
 
 
 @pytest.mark.parametrize("variant,count", [("vgg16", 138_357_544), ("vgg19", 143_667_240)])
 def test_exact_parameter_counts_at_1000_classes(variant, count):
-    model = Model(variant, 1000, width=1.0, input_size=224, dtype="float32", dropout_rate=0.5)
+    model = build_model(variant, 1000, width=1.0, input_size=224, dtype="float32", dropout_rate=0.5)
     assert model.num_params() == count
 
 
 @pytest.mark.parametrize("variant,convs", [("vgg16", 13), ("vgg19", 16)])
 def test_layer_structure(variant, convs):
-    params = Model(variant, 10, width=0.25, input_size=64, dtype="float32",
+    params = build_model(variant, 10, width=0.25, input_size=64, dtype="float32",
                    dropout_rate=0.5).abstract_params
     assert sum(k.startswith("conv") for k in params) == convs
     assert [k for k in params if k.startswith("fc")] == ["fc1", "fc2", "fc3"]
@@ -26,22 +27,22 @@ def test_layer_structure(variant, convs):
 
 
 def test_output_shape_dtype_and_width():
-    model = Model("vgg16", 7, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
-    params = model.init(jax.random.PRNGKey(0))
+    model = build_model("vgg16", 7, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    params = init_params(model, 0)
     logits = model.apply(params, jnp.zeros((3, 32, 32, 3)))
     assert logits.shape == (3, 7) and logits.dtype == jnp.float32
     assert params["conv5_3"]["kernel"].shape[-1] == 64               # 512 / 8
-    wide = Model("vgg16", 7, width=1.5, input_size=32, dtype="float32", dropout_rate=0.5)
+    wide = build_model("vgg16", 7, width=1.5, input_size=32, dtype="float32", dropout_rate=0.5)
     assert wide.abstract_params["fc1"]["kernel"].shape[1] == 6144    # "larger" model, §5.1
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-    model = Model("vgg16", 5, width=0.125, input_size=32, dtype="bfloat16", dropout_rate=0.5)
-    params = model.init(jax.random.PRNGKey(0))
+    model = build_model("vgg16", 5, width=0.125, input_size=32, dtype="bfloat16", dropout_rate=0.5)
+    params = init_params(model, 0)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
     lo = model.apply(params, x)
-    f32 = Model("vgg16", 5, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    f32 = build_model("vgg16", 5, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
     hi = f32.apply(params, x)
     assert lo.dtype == jnp.float32
     np.testing.assert_allclose(lo, hi, rtol=0.1, atol=0.1 * float(jnp.abs(hi).max()))
@@ -49,9 +50,9 @@ def test_bfloat16_compute_keeps_float32_parameters():
 
 
 def test_dropout_only_in_training_and_deterministic_given_key():
-    model = Model("vgg16", 5, width=0.125, input_size=32, dtype="float32",
+    model = build_model("vgg16", 5, width=0.125, input_size=32, dtype="float32",
                   dropout_rate=constants.DROPOUT_RATE)
-    params = model.init(jax.random.PRNGKey(0))
+    params = init_params(model, 0)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
     np.testing.assert_array_equal(model.apply(params, x), model.apply(params, x))
     key = jax.random.PRNGKey(2)
@@ -63,8 +64,7 @@ def test_dropout_only_in_training_and_deterministic_given_key():
 
 
 def test_he_initialization_scale():
-    params = Model("vgg16", 10, width=1.0, input_size=224, dtype="float32",
-                   dropout_rate=0.5).init(jax.random.PRNGKey(0))
+    params = init_params(build_model("vgg16", 10, width=1.0, input_size=224))
     k = np.asarray(params["conv3_1"]["kernel"])          # fan-in 3*3*128
     assert abs(k.std() - np.sqrt(2 / (9 * 128))) < 0.05 * np.sqrt(2 / (9 * 128))
     assert np.all(np.asarray(params["conv3_1"]["bias"]) == 0)
@@ -77,6 +77,32 @@ def test_bad_variant_dtype_and_input_size():
         VGG("vgg16", 10, dtype="int8", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="too small"):
         VGG("vgg16", 10, input_size=16, rngs=nnx.Rngs(0))
-    model = Model("vgg16", 5, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
+    model = build_model("vgg16", 5, width=0.125, input_size=32, dtype="float32", dropout_rate=0.5)
     with pytest.raises(ValueError, match="built for 32x32"):
-        model.apply(model.init(jax.random.PRNGKey(0)), jnp.zeros((1, 64, 64, 3)))
+        model.apply(init_params(model, 0), jnp.zeros((1, 64, 64, 3)))
+
+
+@pytest.mark.parametrize("variant,count", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+def test_resnet_parameter_counts_match_torchvision(variant, count):
+    model = build_model(variant, 1000, width=1.0, input_size=224)
+    assert model.num_params() == count
+    assert model.classifier == "fc" and model.head_layers == ("fc",)
+    assert set(model.abstract_stats["bn1"]) == {"mean", "var"}
+
+
+def test_resnet_batchnorm_statistics_and_dense_scores():
+    model = build_model("resnet50", 5, width=1 / 16, input_size=32)
+    params, stats = model.init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 32, 32, 3)) * 2 + 1
+    # training mode: normalized by the batch, running statistics move 10% towards it
+    _, new = model.apply_with_stats(params, x, stats=stats, train=True, update_stats=True)
+    conv1 = model.module(params, stats).conv1(x)
+    mean = np.asarray(conv1, np.float64).mean((0, 1, 2))
+    np.testing.assert_allclose(new["bn1"]["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
+    # frozen (fine-tuning the head only): statistics untouched
+    _, same = model.apply_with_stats(params, x, stats=stats, train=True, update_stats=False)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(stats)))
+    # dense testing of a globally pooled net at the training size is the net itself
+    np.testing.assert_allclose(model.dense_scores(params, x, stats=new),
+                               model.apply(params, x, stats=new), rtol=1e-5, atol=1e-5)
+    assert model.dense_scores(params, jnp.zeros((2, 48, 64, 3)), stats=new).shape == (2, 5)

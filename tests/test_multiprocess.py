@@ -40,7 +40,8 @@ def _state(workdir, step=STEPS):
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
                               tree)
         state = jax.device_get(r.restore(path, target))
-    return {"params": state["params"], "opt_state": state["opt_state"]}
+    return {"params": state["params"], "opt_state": state["opt_state"],
+            "stats": state.get("stats") or {}}
 
 
 def _losses(workdir):
@@ -56,7 +57,10 @@ MODES = {"data": ["--config.parallelism=data"],
          "model_data": ["--config.parallelism=model_data"],
          # data across the two processes, FC layers split inside each (as across nodes)
          "hybrid": ["--config.parallelism=model_data",
-                    "--config.mesh=(('data', 2), ('model', 2))"]}
+                    "--config.mesh=(('data', 2), ('model', 2))"],
+         # the second family, with BatchNorm over the global batch across the processes
+         "resnet": ["--config.parallelism=data", "--config.model.name=resnet",
+                    "--config.model.variant=resnet50"]}
 
 
 @pytest.mark.parametrize("mode", list(MODES))

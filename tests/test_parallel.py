@@ -17,7 +17,11 @@ from deep_image.parallel import layout as layout_lib
 
 MODES = {"data": ("data", 8, 1), "model_data": ("model_data", 8, 1),
          "hybrid": ("model_data", 2, 4),
-         "hybrid_columns": ("model_data", 2, 4, "columns")}   # FC1 whole, FC2/FC3 by columns
+         "hybrid_columns": ("model_data", 2, 4, "columns"),   # FC1 whole, FC2/FC3 by columns
+         # the second family: ResNet-50 (1/16 width), cross-device BatchNorm, its fc by columns
+         "resnet_data": ("data", 8, 1, "--family=resnet"),
+         "resnet_model_data": ("model_data", 8, 1, "--family=resnet"),
+         "resnet_hybrid": ("model_data", 2, 4, "--family=resnet")}
 
 
 def _run(parallelism, data, model, *rules):
@@ -44,6 +48,9 @@ def test_same_loss_and_parameters_as_one_device(result):
     for ours, ref in zip(result["losses"], result["ref_losses"]):
         assert ours == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert max(result["max_param_diff"]) < 1e-5, result["max_param_diff"]
+    if result["mode"].startswith("resnet"):
+        # BatchNorm statistics of the global batch, as one device computes them
+        assert result["num_stats"] > 0 and max(result["max_stat_diff"]) < 1e-5
 
 
 def test_state_is_created_sharded(result):
@@ -58,7 +65,12 @@ def test_gradients_sync_by_reduce_scatter_and_all_gather(result):
     assert result["reduce_scatter"] >= 1 and result["all_gather"] >= 1
     shapes = result["all_reduce_shapes"]
     scalars = ("f32[]", "s32[]")          # the loss and the hit count
-    if result["mode"] == "data":
+    if result["mode"].startswith("resnet"):
+        # besides the global batch's BatchNorm sums, only the loss and hits (and, with the fc
+        # split by columns, nothing: its outputs are all-gathered) are all-reduced
+        assert result["batch_stat_reduces"] >= 1
+        assert all(s in scalars for s in shapes), shapes
+    elif result["mode"] == "data":
         # no all-reduce of a gradient: only the scalar loss and accuracy are all-reduced
         assert all(s in scalars for s in shapes), shapes
     else:
@@ -81,6 +93,14 @@ def test_lazy_update_gathers_each_layer_on_its_own(result):
 
 def test_each_device_holds_its_share(result):
     shards, local = result["shards"], result["local_shapes"]
+    if result["mode"].startswith("resnet"):
+        fc = local["fc/kernel"]
+        assert shards["conv1/kernel"][2] == 8 and local["conv1/kernel"] == [7, 7, 3, 4]
+        if result["mode"] == "resnet_data":
+            assert fc == [128, 16]
+        else:                              # fc split by output columns over the FC axis
+            assert fc == [128, 16 // (8 if result["mode"] == "resnet_model_data" else 4)]
+        return
     # every device holds a different 1/8 of each conv layer (owned parts of the flattened,
     # padded kernel), gathered whole where the forward pass uses it (the lazy update)
     assert shards["conv1_1/kernel"] == [[1, 112], [1, 14], 8]       # 3*3*3*4 = 108 -> 8 x 14
@@ -111,13 +131,14 @@ def _plan(mesh, parallelism="model_data", rules=None, **overrides):
     config = tiny_config(**overrides)
     model = models.build(config.model, 16, config.data.crop)
     return layout_lib.plan(model.abstract_params, mesh, parallelism,
-                           config.sharding_rules if rules is None else rules)
+                           config.sharding_rules if rules is None else rules,
+                           head_layers=model.head_layers)
 
 
 def test_layout_round_trip_and_fc_axis():
     config = tiny_config()
     model = models.build(config.model, 16, config.data.crop)
-    params = jax.device_get(model.init(jax.random.PRNGKey(0)))
+    params = jax.device_get(model.init(jax.random.PRNGKey(0))[0])
     for mesh, fc in (({"data": 8, "model": 1}, "data"), ({"data": 2, "model": 4}, "model"),
                      ({"data": 1, "model": 8}, "model"), ({"data": 1, "model": 1}, None)):
         layout = _plan(mesh)

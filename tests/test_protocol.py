@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_train, tiny_config
-from deep_image import benchmarks
+from deep_image import paper_benchmarks
 from deep_image import config as config_lib
 from deep_image.data import pipeline, sources, splits
 from deep_image.data.errors import DataError
@@ -70,7 +70,7 @@ def test_no_experiment_decides_on_or_trains_on_its_reported_split(name, config, 
 
 
 def test_benchmark_table_names_its_validation_splits():
-    for name, (_, train, val, test, headline) in benchmarks.BENCHMARKS.items():
+    for name, (_, train, val, test, headline) in paper_benchmarks.BENCHMARKS.items():
         assert val and not splits.overlaps(val, test) and not splits.overlaps(val, train), name
         assert headline in metrics.HEADLINE_NAMES
 
@@ -174,8 +174,9 @@ def _reference_schedule(errors, *, factor, patience, cooldown, rtol, min_scale):
 def _schedule(errors, **kw):
     config = tiny_config(schedule=kw)
     plateau_tx = state_lib.make_plateau(config.schedule)
-    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=(),
-                                 plateau=plateau_tx.init({}), rng=jnp.zeros(2, jnp.uint32))
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params={}, stats={},
+                                 opt_state=(), plateau=plateau_tx.init({}),
+                                 rng=jnp.zeros(2, jnp.uint32))
     out = []
     for e in errors:
         state = state_lib.update_plateau(plateau_tx, state, e)
@@ -218,8 +219,9 @@ def test_fixed_decay_steps_without_a_validation_split():
     plateau = state_lib.make_plateau(config.schedule)
     rates = []
     for step in range(7):
-        state = state_lib.TrainState(step=jnp.int32(step), params={}, opt_state=(),
-                                     plateau=plateau.init({}), rng=jnp.zeros(2, jnp.uint32))
+        state = state_lib.TrainState(step=jnp.int32(step), params={}, stats={},
+                                     opt_state=(), plateau=plateau.init({}),
+                                     rng=jnp.zeros(2, jnp.uint32))
         rates.append(float(state_lib.learning_rate(config, state)))
     lr = config.optimizer.learning_rate
     assert rates == pytest.approx([lr] * 3 + [lr / 10] * 2 + [lr / 100] * 2)
@@ -239,5 +241,5 @@ def test_no_validation_split_means_no_plateau_decision(tmp_path):
     rows = [json.loads(l) for l in open(tmp_path / "v" / "metrics.jsonl")]
     scales = [r["schedule/lr_scale"] for r in rows if "schedule/lr_scale" in r]
     assert with_val.returncode == 0 and scales == pytest.approx([0.1, 0.01, 0.001, 0.001])
-    recorded = benchmarks.recorded_decay_steps(str(tmp_path / "v"))
+    recorded = paper_benchmarks.recorded_decay_steps(str(tmp_path / "v"))
     assert recorded == ((10, 20, 30), 40)

@@ -32,12 +32,15 @@ import re
 import numpy as np
 from absl import app, flags
 
+from deep_image import constants
+
 flags.DEFINE_list("devices", ["1", "2", "4", "8", "16", "32", "64"], "Device counts N.")
 flags.DEFINE_enum("variant", "vgg16", ["vgg11", "vgg16", "vgg19"], "Model.")
 flags.DEFINE_float("width", 1.0, "Width multiplier.")
 flags.DEFINE_integer("crop", 224, "Input size.")
 flags.DEFINE_integer("num_classes", 1000, "Classes (ILSVRC: 1000).")
-flags.DEFINE_integer("per_device", 64, "Images per device per step (§3.3: slices = 64).")
+flags.DEFINE_integer("per_device", constants.SLICES_PER_DEVICE,
+                     "Images per device per step (§3.3: slices = 64).")
 flags.DEFINE_integer("node_size", 4, "GPUs per node: the model axis of the hybrid rows.")
 flags.DEFINE_float("mfu", 0.5, "Assumed model FLOP utilization of the table's devices.")
 flags.DEFINE_float("overlap", 1.0, "Fraction of compute the butterfly's exchange can hide "
@@ -133,6 +136,7 @@ def collectives(hlo: str, devices: int, emitted: dict | None = None,
                  "lazy_gather" if GATHER_SCOPE in line else "activations")
         out.append({"kind": kind, "scope": scope, "group": g, "payload_bytes": payload,
                     "shapes": [f"{dt}[{dims}]" for dt, dims in _SHAPE.findall(shape)],
+                    "op_names": " ".join(re.findall(r'op_name="([^"]*)"', line)),
                     "intra_node": len({d // node_size for d in group}) == 1,
                     "ring_bytes": _RING[kind] * (g - 1) / g * payload if g > 1 else 0.0})
     return out
@@ -155,25 +159,18 @@ def compile_one(strategy: str, devices: int, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from deep_image import models
-    from deep_image.parallel import layout as layout_lib
     from deep_image.parallel import mesh as mesh_lib
-    from deep_image.training import state as state_lib
-    from deep_image.training import step as step_lib
+    from deep_image.training import setup as setup_lib
 
     c = _config(strategy, devices, dtype)
     mesh = mesh_lib.make_mesh(c.mesh, jax.devices()[:devices])
-    model = models.build(c.model, FLAGS.num_classes, c.data.crop)
-    tx, plateau = state_lib.make_optimizer(c.optimizer), state_lib.make_plateau(c.schedule)
-    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), c.parallelism,
-                             c.sharding_rules)
-    state = state_lib.abstract_state(model, tx, plateau, mesh, layout)
+    run = setup_lib.build(c, FLAGS.num_classes, mesh=mesh, abstract=True)
+    state, layout = run.state, run.layout
     batch_sharding = mesh_lib.batch_sharding(mesh)
     batch = {"image": jax.ShapeDtypeStruct((c.batch_size, c.data.crop, c.data.crop, 3),
                                            jnp.uint8, sharding=batch_sharding),
              "label": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32, sharding=batch_sharding)}
-    step = step_lib.build_train_step(model, tx, c, mesh, layout, state)
-    lowered = step.lower(state, batch)
+    lowered = run.train_step.lower(state, batch)
     compiled = lowered.compile()
     ops = collectives(compiled.as_text(), devices, lowered_types(lowered.as_text()),
                       FLAGS.node_size)

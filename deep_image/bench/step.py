@@ -24,10 +24,10 @@ import numpy as np
 from absl import app, flags
 
 from deep_image import config as config_lib
-from deep_image import constants, models
 from deep_image.models import vgg
 
-flags.DEFINE_enum("variant", "vgg16", list(constants.CONVS_PER_BLOCK), "Model.")
+flags.DEFINE_string("model", "vgg", "Model family (config.model.name).")
+flags.DEFINE_string("variant", "vgg16", "Model variant (vgg11/16/19, resnet18/50).")
 flags.DEFINE_float("width", 1.0, "Width multiplier.")
 flags.DEFINE_integer("crop", 224, "Input size.")
 flags.DEFINE_integer("batch", 64, "Global batch.")
@@ -50,7 +50,8 @@ PEAK_TFLOPS = {("H100", "bfloat16"): 989.0, ("H100", "float32"): 67.0,
 
 def _config():
     c = config_lib.base()
-    c.model.variant, c.model.width, c.model.dtype = FLAGS.variant, FLAGS.width, FLAGS.dtype
+    c.model.name, c.model.variant = FLAGS.model, FLAGS.variant
+    c.model.width, c.model.dtype = FLAGS.width, FLAGS.dtype
     c.data.scale = c.data.crop = FLAGS.crop
     c.data.synthetic.native_size = FLAGS.crop
     c.data.threads = 8
@@ -81,9 +82,13 @@ def _torch_rate(num_classes: int, device: str) -> dict | None:
         return None
     if device == "cuda" and not torch.cuda.is_available():
         return None
-    from deep_image.tools.torch_vgg import torchvision_layout_vgg
-    net = torchvision_layout_vgg(FLAGS.variant, FLAGS.width, num_classes,
-                                 vgg.fc_input_side(FLAGS.crop))
+    if FLAGS.model == "vgg":
+        from deep_image.tools.torch_vgg import torchvision_layout_vgg
+        net = torchvision_layout_vgg(FLAGS.variant, FLAGS.width, num_classes,
+                                     vgg.fc_input_side(FLAGS.crop))
+    else:
+        from deep_image.tools.torch_resnet import torchvision_layout_resnet
+        net = torchvision_layout_resnet(FLAGS.variant, FLAGS.width, num_classes)
     net = net.to(device=device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(FLAGS.batch, 3, FLAGS.crop, FLAGS.crop, device=device)
@@ -132,22 +137,15 @@ def _torch_rate(num_classes: int, device: str) -> dict | None:
 def main(argv):
     del argv
     from deep_image.data import pipeline, sources
-    from deep_image.parallel import layout as layout_lib
     from deep_image.parallel import mesh as mesh_lib
-    from deep_image.training import state as state_lib
-    from deep_image.training import step as step_lib
+    from deep_image.training import setup as setup_lib
 
     c = _config()
     source = sources.get_source(c.data, "train")
     num_classes = len(source.class_names)
-    mesh = mesh_lib.make_mesh(c.mesh)
-    model = models.build(c.model, num_classes, c.data.crop)
-    tx, plateau = state_lib.make_optimizer(c.optimizer), state_lib.make_plateau(c.schedule)
-    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), c.parallelism,
-                             c.sharding_rules)
-    state, _ = state_lib.create(model, tx, plateau, c, mesh, layout)
+    run = setup_lib.build(c, num_classes)
+    mesh, state, step_fn = run.mesh, run.state, run.train_step
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    step_fn = step_lib.build_train_step(model, tx, c, mesh, layout, state)
     rng = np.random.default_rng(0)
     fixed = {"image": jax.device_put(rng.integers(0, 256, (c.batch_size, c.data.crop,
                                                             c.data.crop, 3), dtype=np.uint8),
@@ -159,8 +157,14 @@ def main(argv):
         with jax.profiler.trace(FLAGS.profile):
             state, _ = _time(step_fn, state, lambda n: [fixed] * n, 5)
 
-    flops_per_image = 6 * vgg.multiply_adds(c.model.variant, c.model.width, c.data.crop,
-                                        num_classes)
+    # 2 FLOPs per multiply-add, x3 for forward + backward; other families: XLA's count
+    if c.model.name == "vgg":
+        flops_per_image = 6 * vgg.multiply_adds(c.model.variant, c.model.width, c.data.crop,
+                                                num_classes)
+    else:
+        cost = step_fn.lower(state, fixed).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops_per_image = cost["flops"] / c.batch_size
     devices = jax.devices()
     kind = devices[0].device_kind
     peak = FLAGS.peak_tflops or next((v for (k, d), v in PEAK_TFLOPS.items()

@@ -1,4 +1,2 @@
-"""Data: sources (synthetic, later TFDS and folders), preprocessing ops, the Grain pipeline.
-
-Never imports models or training.
-"""
+"""Data: sources (SynthBirds, the official archives, TFDS copies, folders), split names and
+holdouts, decoding, the §4.1 augmentations, and the Grain pipeline."""

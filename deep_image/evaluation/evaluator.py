@@ -76,9 +76,9 @@ class Evaluator:
         batch = mesh_lib.batch_sharding(self.mesh)
         replicated = mesh_lib.replicated(self.mesh)
 
-        def score(params, views):
+        def score(params, stats, views):
             probs = [dense_lib.posteriors(model, params, normalize(v, mean, std), dense=dense,
-                                          flip=flip) for v in views]
+                                          flip=flip, stats=stats) for v in views]
             return sum(probs) / len(probs)
 
         self._score = jax.jit(score, out_shardings=batch)
@@ -88,34 +88,35 @@ class Evaluator:
     def _put(self, x: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self._batch_sharding, x)
 
-    def _scored_batches(self, params):
+    def _scored_batches(self, params, stats):
         """(posteriors, labels, mask) per batch, all views of an example averaged."""
         for views in zip(*self._data):
             labels, mask = views[0]["label"], views[0]["mask"]
             if any(not (np.array_equal(v["label"], labels) and np.array_equal(v["mask"], mask))
                    for v in views[1:]):
                 raise RuntimeError("the test scales read different examples")
-            probs = self._score(params, [self._put(v["image"]) for v in views])
+            probs = self._score(params, stats, [self._put(v["image"]) for v in views])
             yield probs, self._put(labels), self._put(mask)
 
-    def counts(self, params) -> ClassCounts:
-        """Per-class sums over the whole split (every process gets the global sums)."""
+    def counts(self, params, stats=None) -> ClassCounts:
+        """Per-class sums over the whole split (every process gets the global sums); `stats`:
+        the model's BatchNorm statistics, if it has any."""
         counts = ClassCounts(self.num_classes)
-        for probs, labels, mask in self._scored_batches(params):
+        for probs, labels, mask in self._scored_batches(params, stats):
             counts.add(jax.device_get(self._sums(probs, labels, mask)))
         return counts
 
-    def run(self, params, prefix: str, headline: str | None = None) -> dict:
+    def run(self, params, prefix: str, headline: str | None = None, stats=None) -> dict:
         """The split's metrics as {prefix}/top1, ... (see ClassCounts.summary)."""
-        return self.counts(params).summary(prefix, headline)
+        return self.counts(params, stats).summary(prefix, headline)
 
-    def posteriors(self, params) -> tuple[np.ndarray, np.ndarray]:
+    def posteriors(self, params, stats=None) -> tuple[np.ndarray, np.ndarray]:
         """(posteriors [N, C], labels [N]) of the readable examples, in the source's order (one
         process: what ensembles average and predict prints)."""
         if self.process_count != 1:
             raise ValueError("Evaluator.posteriors gathers on one process; use counts()")
         out, labs = [], []
-        for probs, labels, mask in self._scored_batches(params):
+        for probs, labels, mask in self._scored_batches(params, stats):
             keep = np.asarray(jax.device_get(mask))
             out.append(np.asarray(jax.device_get(probs))[keep])
             labs.append(np.asarray(jax.device_get(labels))[keep])

@@ -12,11 +12,14 @@ knows nothing of meshes.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from deep_image import constants
+from deep_image.models.base import Model
 
 VARIANTS = tuple(constants.CONVS_PER_BLOCK)
 NUM_POOLS = len(constants.BLOCK_CHANNELS)
@@ -53,8 +56,7 @@ class VGG(nnx.Module):
 
     def __init__(self, variant: str, num_classes: int, *, width: float = 1.0,
                  input_size: int = constants.CROP_SIZE, dtype: str = "float32",
-                 dropout_rate: float = constants.DROPOUT_RATE, head_init: str = "he",
-                 rngs: nnx.Rngs):
+                 head_init: str = "he", rngs: nnx.Rngs):
         if variant not in constants.CONVS_PER_BLOCK:
             raise ValueError(f"unknown model variant {variant!r}; choose one of {VARIANTS}")
         if dtype not in _DTYPES:
@@ -89,7 +91,6 @@ class VGG(nnx.Module):
             setattr(self, f"fc{i + 1}", nnx.Linear(
                 dims[i], dims[i + 1], dtype=compute, param_dtype=jnp.float32,
                 kernel_init=init, bias_init=zeros, rngs=rngs))
-        self.dropout = nnx.Dropout(dropout_rate)
         self.compute_dtype = compute
 
     def features(self, x: jax.Array) -> jax.Array:
@@ -102,20 +103,108 @@ class VGG(nnx.Module):
                                  strides=(constants.POOL_STRIDE,) * 2)
         return x
 
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-        """Float32 logits. `train` turns dropout on and then needs `dropout_key`."""
-        if x.shape[1] != self.input_size or x.shape[2] != self.input_size:
-            raise ValueError(f"VGG built for {self.input_size}x{self.input_size} inputs got "
-                             f"{x.shape[1]}x{x.shape[2]}")
-        x = self.features(x)
-        x = x.reshape(x.shape[0], -1)
-        k1 = k2 = None
-        if train:
-            k1, k2 = jax.random.split(dropout_key)
-        x = self.dropout(jax.nn.relu(self.fc1(x)), deterministic=not train, rngs=k1)
-        x = self.dropout(jax.nn.relu(self.fc2(x)), deterministic=not train, rngs=k2)
-        return self.fc3(x).astype(jnp.float32)
+
+FC_LAYERS = ("fc1", "fc2", "fc3")
+
+
+class VGGModel(Model):
+    """VGG as the package sees it (models/base.py): features = the conv layers, head = FC1-FC3
+    (§3.2 splits them over the FC axis), dense scores = the FC layers as convolutions."""
+
+    classifier = "fc3"
+    fc_layers = head_layers = FC_LAYERS
+
+    def __init__(self, model_config, num_classes: int, input_size: int):
+        self.dropout_rate = model_config.dropout_rate
+        self.compute_dtype = _DTYPES[model_config.dtype]
+        make = functools.partial(VGG, model_config.variant, num_classes,
+                                 width=model_config.width, input_size=input_size,
+                                 dtype=model_config.dtype, head_init=model_config.head_init)
+        super().__init__(make, num_classes=num_classes, input_size=input_size,
+                         variant=model_config.variant)
+
+    def _convs_only(self, params):
+        """The module with these conv weights; FC leaves stay abstract (they may be split)."""
+        return self.module({**{k: self.abstract_params[k] for k in FC_LAYERS},
+                            **{k: v for k, v in params.items() if k not in FC_LAYERS}})
+
+    def features(self, params, images, *, stats=None, train=False, update_stats=False,
+                 batch_axes=None):
+        x = self._convs_only(params).features(images)
+        return x.reshape(x.shape[0], -1), {}
+
+    def head(self, params, x, *, keys=None, rate=0.0, split=None, axis=None, rows=None):
+        """FC1-FC3, ReLU and dropout after FC1 and FC2, each layer computed as `split` says
+        over `axis`: "columns" (this device's outputs), "rows" (this device's inputs, outputs
+        summed over the axis) or "whole". `x` holds every input feature of the rows; the
+        logits are the same on every device of the axis."""
+        from jax import lax
+        split = split or {}
+        total, row0 = rows if rows is not None else (x.shape[0], 0)
+        dt = x.dtype
+        sliced = False                # x holds this device's columns only
+        for i, layer in enumerate(FC_LAYERS):
+            kind = split.get(layer, "whole")
+            w, bias = params[layer]["kernel"].astype(dt), params[layer]["bias"].astype(dt)
+            if kind == "rows":
+                if not sliced:
+                    x = lax.dynamic_slice_in_dim(x, lax.axis_index(axis) * w.shape[0],
+                                                 w.shape[0], 1)
+                x, sliced = lax.psum(x @ w, axis) + bias, False
+            else:
+                if sliced:
+                    x = lax.all_gather(x, axis, axis=1, tiled=True,
+                                       to="varying" if kind == "columns" else "invarying")
+                x, sliced = x @ w + bias, kind == "columns"
+            if i < 2:
+                x = jax.nn.relu(x)
+                if rate > 0.0:
+                    width = x.shape[1] * (lax.axis_size(axis) if sliced else 1)
+                    col0 = lax.axis_index(axis) * x.shape[1] if sliced else 0
+                    x = dropout_slice(x, keys[i], rate, (total, width), (row0, col0))
+        if sliced:
+            x = lax.all_gather(x, axis, axis=1, tiled=True, to="invarying")
+        return x.astype(jnp.float32)
+
+    def dense_scores(self, params, images, *, stats=None):
+        """§5.1 (OverFeat): FC1 becomes a k x k convolution over the last pooled map (k =
+        input_size / 32), FC2 and FC3 1x1 convolutions, with the same weights; the score map is
+        averaged over space. At exactly the training size it equals the net's logits."""
+        if images.shape[1] < self.input_size or images.shape[2] < self.input_size:
+            raise ValueError(f"dense testing needs images of at least {self.input_size}px "
+                             f"(the training crop), got {images.shape[1]}x{images.shape[2]}")
+        x = self._convs_only(params).features(images)
+        kernels = fc_as_conv_kernels(params, x.shape[-1], fc_input_side(self.input_size))
+        dn = ("NHWC", "HWIO", "NHWC")
+        for i, (k, name) in enumerate(zip(kernels, FC_LAYERS)):
+            x = jax.lax.conv_general_dilated(x, k.astype(x.dtype), (1, 1), "VALID",
+                                             dimension_numbers=dn)
+            x = x + params[name]["bias"].astype(x.dtype)
+            if i < 2:
+                x = jax.nn.relu(x)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+def fc_as_conv_kernels(params: dict, in_channels: int, side: int) -> list[jax.Array]:
+    """FC kernels as HWIO conv kernels. FC1's input is the NHWC feature map flattened in
+    (H, W, C) order, so its kernel reshapes directly to (side, side, C, out)."""
+    k1 = params["fc1"]["kernel"]
+    return [k1.reshape(side, side, in_channels, k1.shape[-1]),
+            params["fc2"]["kernel"][None, None], params["fc3"]["kernel"][None, None]]
+
+
+def check(config) -> None:
+    """Raises ValueError on a VGG setting that cannot run."""
+    if config.model.variant not in VARIANTS:
+        raise ValueError(f"config.model.variant={config.model.variant!r} is not a model; "
+                         f"choose one of {', '.join(VARIANTS)} (or another config.model.name)")
+    if config.data.crop < 2 ** NUM_POOLS:
+        raise ValueError(f"config.data.crop={config.data.crop}: VGG's five 2x2 pools need "
+                         "crops of at least 32 pixels")
+
+
+def build(model_config, num_classes: int, input_size: int) -> VGGModel:
+    return VGGModel(model_config, num_classes, input_size)
 
 
 def dropout_slice(x, key, rate: float, global_shape, offsets):

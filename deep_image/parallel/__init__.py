@@ -1,4 +1,2 @@
-"""Parallelism: the device mesh, sharding rules, (later) butterfly sync and multi-host init.
-
-Imports nothing from data, models or training.
-"""
+"""Parallelism (§3): the device mesh, parameter layouts from the config's sharding rules,
+butterfly synchronization and the lazy update, and the one multi-process initialization."""

@@ -202,9 +202,12 @@ def fc_axis_for(mesh_shape: dict, parallelism: str) -> str | None:
     return "data" if mesh_shape.get("data", 1) > 1 else None
 
 
-def plan(abstract_params, mesh_shape: dict, parallelism: str, rules) -> Layout:
+def plan(abstract_params, mesh_shape: dict, parallelism: str, rules, *,
+         head_layers) -> Layout:
     """The layout of `abstract_params` ({layer: {name: array-like}}) on a mesh of `mesh_shape`
-    ({axis: size}, axes `data` and `model`), checked for what the train step supports."""
+    ({axis: size}, axes `data` and `model`), checked for what the train step supports.
+    `head_layers` (the model's) may be split over the FC axis; every other layer is data
+    parallel."""
     if tuple(mesh_shape) != MESH_AXES:
         raise LayoutError(f"config.mesh must name the axes {MESH_AXES} in this order, got "
                           f"{tuple(mesh_shape)}")
@@ -228,7 +231,7 @@ def plan(abstract_params, mesh_shape: dict, parallelism: str, rules) -> Layout:
 
     leaves = {}
     for layer, params in abstract_params.items():
-        is_fc = layer.startswith("fc")
+        is_fc = layer in head_layers
         leaves[layer] = {}
         for name, leaf in params.items():
             shape = tuple(leaf.shape)
@@ -236,7 +239,8 @@ def plan(abstract_params, mesh_shape: dict, parallelism: str, rules) -> Layout:
             dims = [d for d, a in enumerate(spec) if a is not None]
             if dims and not is_fc:
                 raise LayoutError(f"config.sharding_rules split {layer}/{name} ({spec}): conv "
-                                  "layers are data parallel (§3.2); give them the spec ()")
+                                  "layers are data parallel (§3.2); only the head layers "
+                                  f"{', '.join(head_layers)} may be split; give it the spec ()")
             if len(dims) > 1 or (dims and spec[dims[0]] != "model"):
                 raise LayoutError(f"config.sharding_rules give {layer}/{name} the spec {spec}: "
                                   "an FC leaf may be split along one dimension over 'model'")
@@ -253,7 +257,7 @@ def plan(abstract_params, mesh_shape: dict, parallelism: str, rules) -> Layout:
                 else None, splits=splits, owner_axes=owner_axes,
                 owners=math.prod(mesh_shape[a] for a in owner_axes))
     layout = Layout(leaves=leaves, fc_axis=fc_axis, mesh_shape=dict(mesh_shape))
-    _check_fc_chain(layout)
+    _check_fc_chain(layout, head_layers)
     return layout
 
 
@@ -263,8 +267,8 @@ def fc_kind(layout: Layout, layer: str) -> str:
     return {None: "whole", 1: "columns", 0: "rows"}[layout.leaves[layer]["kernel"].split_dim]
 
 
-def _check_fc_chain(layout: Layout) -> None:
-    for layer in (k for k in layout.leaves if k.startswith("fc")):
+def _check_fc_chain(layout: Layout, head_layers) -> None:
+    for layer in (k for k in layout.leaves if k in head_layers):
         kind = fc_kind(layout, layer)
         bias = layout.leaves[layer]["bias"].split_dim
         if (kind == "columns") != (bias == 0):

@@ -98,7 +98,7 @@ def execute(out: str, run: Run) -> dict:
         protocol = Protocol.of(config) if dense else Protocol.quick(config)
         source = sources.get_source(config.data, split)
         probs, labels = Evaluator(trained.model, config, source, protocol,
-                                  cache=False).posteriors(trained.params)
+                                  cache=False).posteriors(trained.params, trained.stats)
         arrays[f"{key}/probs"], arrays[f"{key}/labels"] = probs.astype(np.float32), labels
         metrics[f"{key}/top1"] = float(np.mean(probs.argmax(1) == labels))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -1,14 +1,16 @@
-"""Convert torchvision's ImageNet-trained VGG-16/19 weights into a checkpoint that
-`config.init_from` (and evaluate / predict) accepts:
+"""Convert torchvision's ImageNet-trained VGG-16/19 or ResNet-18/50 weights into a checkpoint
+that `config.init_from` (and evaluate / predict) accepts:
 
     python -m deep_image.tools.import_weights --from=torchvision --variant=vgg16 IN.pth OUT_DIR
+    python -m deep_image.tools.import_weights --variant=resnet50 resnet50-11ad3fa6.pth OUT_DIR
 
 IN.pth is the state dict you downloaded (e.g. vgg16-397923af.pth). It is read with
 `torch.load(weights_only=True)`: tensors only, never arbitrary pickled objects. Layouts:
 conv kernels OIHW -> HWIO; FC weights (out, in) -> (in, out); FC1's input is torchvision's
 NCHW feature map flattened as (C, H, W), ours is NHWC flattened as (H, W, C), so FC1's rows are
-permuted accordingly. OUT_DIR gets `checkpoints/0/` and a `config.json` (ImageNet, 224 crops,
-torchvision's mean/std normalization, which is also our default).
+permuted accordingly. ResNets: module `layer1.0.conv1` becomes layer `layer1_0_conv1`;
+BatchNorm running statistics go into the state's statistics. OUT_DIR gets `checkpoints/0/` and
+a `config.json` (ImageNet, 224 crops, torchvision's mean/std normalization, also our default).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from deep_image import config as config_lib
 from deep_image import constants
 
 flags.DEFINE_enum("from", "torchvision", ["torchvision"], "Where the weights come from.")
-flags.DEFINE_enum("variant", None, list(constants.CONVS_PER_BLOCK), "Model variant.")
+flags.DEFINE_enum("variant", None, [*constants.CONVS_PER_BLOCK, "resnet18", "resnet50"],
+                  "Model variant.")
 flags.DEFINE_string("classes", None, "Optional file with one class name per line.")
 FLAGS = flags.FLAGS
 
@@ -74,6 +77,41 @@ def convert_torchvision(state: dict, variant: str) -> tuple[dict, dict]:
     return {k: {n: v.astype(np.float32) for n, v in d.items()} for k, d in params.items()}, facts
 
 
+def convert_torchvision_resnet(state: dict, variant: str) -> tuple[dict, dict, dict]:
+    """(params, BatchNorm statistics, model facts) of a torchvision ResNet state dict: each
+    module `a.b.c` becomes layer `a_b_c`; conv weights OIHW -> HWIO; BatchNorm weight/bias ->
+    scale/bias parameters and running_mean/var -> mean/var statistics; fc (out, in) -> (in,
+    out)."""
+    from deep_image.models import resnet
+    params, stats = {}, {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        layer = module.replace(".", "_")
+        v = np.asarray(value, np.float32)
+        if leaf == "num_batches_tracked":
+            continue
+        if layer == "fc":
+            params["fc"] = {**params.get("fc", {}),
+                            **({"kernel": np.ascontiguousarray(v.T)} if leaf == "weight"
+                               else {"bias": v})}
+        elif v.ndim == 4:
+            params[layer] = {"kernel": np.ascontiguousarray(v.transpose(2, 3, 1, 0))}
+        elif leaf in ("weight", "bias"):
+            params.setdefault(layer, {})["scale" if leaf == "weight" else "bias"] = v
+        elif leaf in ("running_mean", "running_var"):
+            stats.setdefault(layer, {})["mean" if leaf == "running_mean" else "var"] = v
+        else:
+            raise WeightImportError(f"unexpected entry {key} for torchvision's {variant}")
+    block = resnet.STAGES[variant][0]
+    if ("layer1_0_conv3" in params) != (block == "bottleneck") or "fc" not in params:
+        raise WeightImportError(f"the state dict is not torchvision's {variant} (its blocks "
+                                "or its fc layer differ); pass the matching --variant")
+    width = params["conv1"]["kernel"].shape[-1] / 64
+    facts = {"width": width, "input_size": constants.CROP_SIZE,
+             "num_classes": params["fc"]["kernel"].shape[1]}
+    return params, stats, facts
+
+
 def load_state_dict(path: str) -> dict:
     import torch
     if not os.path.isfile(path):
@@ -93,19 +131,20 @@ def load_state_dict(path: str) -> dict:
 
 
 def write_checkpoint(out_dir: str, params: dict, facts: dict, variant: str,
-                     class_names: list[str]) -> None:
-    from deep_image.training.checkpoint import Checkpointer
-    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
+                     class_names: list[str], stats: dict | None = None) -> None:
+    from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
+    ckpt = Checkpointer(checkpoint_dir(out_dir), async_save=False)
     if ckpt.latest_step() is not None:
         raise WeightImportError(f"{out_dir} already holds a checkpoint; choose a new OUT_DIR")
     c = config_lib.base()
+    c.model.name = "resnet" if variant.startswith("resnet") else "vgg"
     c.model.variant, c.model.width = variant, facts["width"]
     c.data.source, c.data.train_split, c.data.val_split = "imagenet", "train", ""
     c.data.eval_split = "validation"
     c.data.crop = facts["input_size"]
     c.data.scale = max(c.data.crop, constants.TRAIN_SCALES[0])
     c.data.resize = "shorter_side"     # torchvision: shorter side 256, centre crop 224
-    ckpt.save(0, {"params": params}, meta={"class_names": class_names,
+    ckpt.save(0, {"params": params, "stats": stats or {}}, meta={"class_names": class_names,
                                            "num_classes": len(class_names),
                                            "imported_from": "torchvision"}, wait=True)
     ckpt.close()
@@ -118,15 +157,20 @@ def main(argv):
         raise app.UsageError("usage: import_weights --variant=vgg16 IN.pth OUT_DIR")
     src, out_dir = argv[1], argv[2]
     if not FLAGS.variant:
-        raise app.UsageError("--variant is required (vgg16 or vgg19)")
+        raise app.UsageError("--variant is required (vgg16, vgg19, resnet18 or resnet50)")
     try:
-        params, facts = convert_torchvision(load_state_dict(src), FLAGS.variant)
+        stats = {}
+        if FLAGS.variant.startswith("resnet"):
+            params, stats, facts = convert_torchvision_resnet(load_state_dict(src),
+                                                              FLAGS.variant)
+        else:
+            params, facts = convert_torchvision(load_state_dict(src), FLAGS.variant)
         names = ([l.strip() for l in open(FLAGS.classes) if l.strip()] if FLAGS.classes
                  else [f"class {i}" for i in range(facts["num_classes"])])
         if len(names) != facts["num_classes"]:
             raise WeightImportError(f"{FLAGS.classes} names {len(names)} classes, the weights have "
                                f"{facts['num_classes']}")
-        write_checkpoint(out_dir, params, facts, FLAGS.variant, names)
+        write_checkpoint(out_dir, params, facts, FLAGS.variant, names, stats)
     except (WeightImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -8,14 +8,27 @@ SIGKILL mid-save leaves the previous checkpoint intact and the partial one is ig
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
 
 import grain
-import numpy as np
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from deep_image import config as config_lib
+from deep_image import models
+from deep_image.data.errors import DataError
+from deep_image.parallel.layout import Layout, param_key
+from deep_image.training.state import all_finite
+
+CHECKPOINT_DIR = "checkpoints"    # a run's checkpoints: WORKDIR/checkpoints/STEP/
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, CHECKPOINT_DIR)
 
 
 class CheckpointError(ValueError):
@@ -94,7 +107,6 @@ class Checkpointer:
     def _refuse_non_finite(self, step: int, state) -> None:
         """A state with NaN or inf values (written before saves were guarded) is never
         resumed: the error names the newest finite checkpoint and how to resume from it."""
-        from deep_image.training.state import all_finite
         if bool(jax.device_get(jax.jit(all_finite)((state.params, state.opt_state)))):
             return
         older = [s for s in sorted(self._mgr.all_steps(), reverse=True) if s < step
@@ -110,7 +122,6 @@ class Checkpointer:
         """The saved state read whole onto this process's first device, its parameter and
         optimizer-state blocks converted from the saved layout to `layout` on the host, then
         placed: each device receives its blocks only."""
-        from deep_image.parallel.layout import Layout, param_key
         old = Layout.from_description(saved)
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -140,6 +151,11 @@ class Checkpointer:
     def restore_params(self, step: int) -> dict:
         """Only the model parameters of `step` (host arrays) in their canonical shapes, whatever
         mesh and layout wrote them (meta records the layout)."""
+        return self.restore_weights(step)[0]
+
+    def restore_weights(self, step: int) -> tuple[dict, dict]:
+        """(parameters in their canonical shapes, statistics such as BatchNorm's) of `step`, as
+        host arrays, whatever mesh and layout wrote them (meta records the layout)."""
         # Read onto this process's first device: a 4-device run's checkpoint evaluates on one CPU.
         path = os.path.join(self.directory, str(step), "state")
         with ocp.StandardCheckpointer() as reader:
@@ -147,17 +163,16 @@ class Checkpointer:
             here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
                                                                  sharding=here), tree)
-            params = jax.device_get(reader.restore(path, target)["params"])
+            state = jax.device_get(reader.restore(path, target))
+        params, stats = state["params"], state.get("stats") or {}
         meta = self.meta(step) or {}
         if "params_layout" in meta:
-            from deep_image.data.errors import DataError
             raise DataError(f"{self.directory} step {step} was written by an earlier version "
                              "of deep_image (parameter layout format 1); retrain, or read it "
                              "with that version")
         if "layout" not in meta:       # canonical (e.g. tools.import_weights)
-            return params
-        from deep_image.parallel.layout import Layout
-        return Layout.from_description(meta["layout"]).from_stored(params)
+            return params, stats
+        return Layout.from_description(meta["layout"]).from_stored(params), stats
 
     def meta(self, step: int | None = None) -> dict | None:
         step = self._mgr.latest_step() if step is None else step
@@ -171,15 +186,11 @@ class Checkpointer:
 
 
 class Trained:
-    """A trained model read back from a workdir: config, model, params, class names, step."""
+    """A trained model read back from a workdir: config, model, params, stats (BatchNorm's),
+    class names, step."""
 
     def __init__(self, workdir: str, config=None, step: int | None = None):
-        import json
-
-        from deep_image import models
-        from deep_image.data.errors import DataError
-
-        path = os.path.join(workdir, "checkpoints")
+        path = checkpoint_dir(workdir)
         if not os.path.isdir(path):
             raise DataError(f"no checkpoints in {workdir}: train there first with "
                             f"`python -m deep_image.train --workdir={workdir} ...`")
@@ -189,11 +200,10 @@ class Trained:
             raise DataError(f"no complete checkpoint in {path}")
         meta = ckpt.meta(self.step)
         if config is None:   # the run's config over today's defaults (keys added since)
-            from deep_image import config as config_lib
             config = config_lib.base()
             with open(os.path.join(workdir, "config.json")) as f:
                 config.update(json.load(f))
         self.config = config
         self.class_names = list(meta["class_names"])
         self.model = models.build(config.model, len(self.class_names), config.data.crop)
-        self.params = ckpt.restore_params(self.step)
+        self.params, self.stats = ckpt.restore_weights(self.step)

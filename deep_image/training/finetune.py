@@ -2,8 +2,9 @@
 
 `config.init_from` names a workdir (its latest checkpoint is used) or a `checkpoints/`
 directory, e.g. the output of `deep_image.tools.import_weights`. Layers are matched by name and
-shape; the classifier (fc3) is re-initialized when the classes differ (by count, or by the
-names the pre-trained checkpoint records), and the log says so.
+shape; the classifier (the model's: VGG's fc3, ResNet's fc) is re-initialized when the classes
+differ (by count, or by the names the pre-trained checkpoint records), and the log says so.
+BatchNorm statistics come with the weights.
 Any other mismatch is an error: fine-tune with the pre-trained model's variant, width and crop.
 """
 
@@ -16,12 +17,12 @@ import jax
 import numpy as np
 
 from deep_image.config import ConfigError
-from deep_image.training.checkpoint import Checkpointer
+from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
 
 
-def load_pretrained(init_from: str) -> tuple[dict, int, list | None]:
-    """(params, step, class names or None) of the latest checkpoint under `init_from`."""
-    path = os.path.join(init_from, "checkpoints")
+def load_pretrained(init_from: str) -> tuple[dict, dict, int, list | None]:
+    """(params, stats, step, class names or None) of the latest checkpoint under `init_from`."""
+    path = checkpoint_dir(init_from)
     if not os.path.isdir(path):
         path = init_from
     if not os.path.isdir(path):
@@ -31,10 +32,12 @@ def load_pretrained(init_from: str) -> tuple[dict, int, list | None]:
     step = ckpt.latest_step()
     if step is None:
         raise ConfigError(f"config.init_from={init_from!r} holds no complete checkpoint")
-    return ckpt.restore_params(step), step, (ckpt.meta(step) or {}).get("class_names")
+    params, stats = ckpt.restore_weights(step)
+    return params, stats, step, (ckpt.meta(step) or {}).get("class_names")
 
 
-def merge(fresh: dict, loaded: dict, source: str, same_classes: bool = True) -> dict:
+def merge(fresh: dict, loaded: dict, source: str, classifier: str,
+          same_classes: bool = True) -> dict:
     """`fresh` with every layer taken from `loaded`, but the classifier when it has another
     class count or (`same_classes=False`) other classes."""
     out = {}
@@ -45,15 +48,17 @@ def merge(fresh: dict, loaded: dict, source: str, same_classes: bool = True) -> 
         out[layer] = {}
         for name, value in leaves.items():
             got = np.asarray(loaded[layer][name])
-            if layer == "fc3" and not same_classes and got.shape == value.shape:
-                logging.warning("init_from: re-initializing the classifier fc3/%s: the "
-                                "pre-trained model has other classes than this dataset", name)
+            if layer == classifier and not same_classes and got.shape == value.shape:
+                logging.warning("init_from: re-initializing the classifier %s/%s: the "
+                                "pre-trained model has other classes than this dataset",
+                                layer, name)
                 out[layer][name] = value
             elif got.shape == value.shape:
                 out[layer][name] = got.astype(value.dtype)
-            elif layer == "fc3":
-                logging.warning("init_from: re-initializing the classifier fc3/%s: pre-trained "
-                                "shape %s, this dataset needs %s", name, got.shape, value.shape)
+            elif layer == classifier:
+                logging.warning("init_from: re-initializing the classifier %s/%s: pre-trained "
+                                "shape %s, this dataset needs %s", layer, name, got.shape,
+                                value.shape)
                 out[layer][name] = value
             else:
                 raise ConfigError(
@@ -63,17 +68,20 @@ def merge(fresh: dict, loaded: dict, source: str, same_classes: bool = True) -> 
     return out
 
 
-def warm_start(state, params_shardings, layout, init_from: str, canonical,
+def warm_start(state, params_shardings, layout, init_from: str, canonical, model,
                class_names: list[str] | None = None):
-    """`state` with its parameters from `init_from` (its fresh classifier kept where the class
-    count differs), in `layout`'s stored form; `canonical` maps stored parameters to whole,
-    replicated ones. The merge happens on the host; each device receives just its blocks."""
-    loaded, step, pretrained_classes = load_pretrained(init_from)
+    """`state` with its parameters and statistics from `init_from` (its fresh classifier kept
+    where the classes differ), in `layout`'s stored form; `canonical` maps stored parameters to
+    whole, replicated ones. The merge happens on the host; each device receives its blocks."""
+    loaded, loaded_stats, step, pretrained_classes = load_pretrained(init_from)
     fresh = jax.device_get(canonical(state.params))
     same = (pretrained_classes is None or class_names is None
             or list(pretrained_classes) == list(class_names))
-    stored = layout.to_stored(merge(fresh, loaded, init_from, same_classes=same))
+    stored = layout.to_stored(merge(fresh, loaded, init_from, model.classifier,
+                                    same_classes=same))
+    stats = merge(jax.device_get(state.stats), loaded_stats, init_from, model.classifier)
     logging.info("initialized from %s (step %d)", init_from, step)
-    return state.replace(params=jax.tree.map(
-        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
-        stored, params_shardings))
+    place = lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])  # noqa
+    return state.replace(params=jax.tree.map(place, stored, params_shardings),
+                         stats=jax.tree.map(place, stats,
+                                            jax.tree.map(lambda a: a.sharding, state.stats)))

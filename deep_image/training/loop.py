@@ -18,20 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from deep_image import config as config_lib
-from deep_image import models
 from deep_image.data import pipeline, sources
 from deep_image.evaluation import metrics as metrics_lib
 from deep_image.evaluation.evaluator import Evaluator, Protocol
-from deep_image.parallel import layout as layout_lib
 from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import finetune
 from deep_image.training import state as state_lib
-from deep_image.training import step as step_lib
-from deep_image.training.checkpoint import Checkpointer
+from deep_image.training import setup as setup_lib
+from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
 from deep_image.training.metrics_writer import MetricsWriter
 from deep_image.training.preemption import StopNotice
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 class WorkdirError(OSError):
@@ -108,46 +104,40 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
                 for k, v in batch.items()}
 
     # ------------------------------------------------------------------ model, layout, state
-    model = models.build(config.model, num_classes, config.data.crop)
-    tx = state_lib.make_optimizer(config.optimizer, config.finetune)
-    plateau_tx = state_lib.make_plateau(config.schedule)
-    # §3: where each parameter lives (config.sharding_rules, config.parallelism, the mesh)
-    layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), config.parallelism,
-                             config.sharding_rules)
     if mesh.size > 1 and config.optimizer.grad_clip_norm > 0:
         raise config_lib.ConfigError("config.optimizer.grad_clip_norm needs the global gradient "
                                      "norm, which the parallel step does not compute; set it "
                                      "to 0 or train on one device")
+    run = setup_lib.build(config, num_classes, mesh=mesh)
     workdir = prepare_workdir(workdir)   # after sources and layout: bad input writes nothing
-    state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, layout)
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
-                 config.model.variant, config.model.width, f"{model.num_params():,}",
+                 config.model.variant, config.model.width, f"{run.model.num_params():,}",
                  num_classes, config.data.crop, config.data.crop, config.data.scale,
                  config.data.scale)
     if mesh.size > 1:
-        logging.info("mesh %s, parallelism %s: FC layers split over %s", dict(mesh.shape),
-                     config.parallelism, layout.fc_axis or "no axis")
+        logging.info("mesh %s, parallelism %s: head layers split over %s", dict(mesh.shape),
+                     config.parallelism, run.layout.fc_axis or "no axis")
 
     # ------------------------------------------------------------------ checkpoint / resume
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    ckpt_dir = checkpoint_dir(workdir)
     if resume_step is not None:
         discard_checkpoints_after(ckpt_dir, resume_step, workdir)
     ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
     own_notice = notice is None
     notice = notice or StopNotice().install()
     try:   # from here on every exit path closes the checkpointer (pending saves finish)
-        return _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
-                    mesh, train_source, train_iter, sources_by_prefix={
-                        "val": val_source, "eval": eval_source}, steps=steps, put=put,
-                    notice=notice)
+        return _run(config, workdir, ckpt, run, train_source, train_iter, sources_by_prefix={
+            "val": val_source, "eval": eval_source}, steps=steps, put=put, notice=notice)
     finally:
         ckpt.close()
         if own_notice:
             notice.uninstall()
 
 
-def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout, mesh,
-         train_source, train_iter, *, sources_by_prefix, steps, put, notice) -> dict:
+def _run(config, workdir, ckpt, run, train_source, train_iter, *, sources_by_prefix, steps,
+         put, notice) -> dict:
+    state, shardings, model, layout, mesh = (run.state, run.shardings, run.model, run.layout,
+                                             run.mesh)
     is_main = jax.process_index() == 0
     pidx, pcount = jax.process_index(), jax.process_count()
     replicated = mesh_lib.replicated(mesh)
@@ -155,10 +145,10 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
     canonical = jax.jit(functools.partial(layout.from_stored, xp=jnp), out_shardings=replicated)
     if ckpt.latest_step() is None and config.init_from:   # resume wins over init_from
         state = finetune.warm_start(state, shardings.params, layout, config.init_from,
-                                    canonical, class_names)
+                                    canonical, model, class_names)
 
     # ------------------------------------------------------------------ steps
-    train_step = step_lib.build_train_step(model, tx, config, mesh, layout, state)
+    train_step = run.train_step
     # each process saved its own position in the data; on another process count the stream
     # restarts at the step's global batch instead
     saved_processes = (ckpt.meta() or {}).get("processes", pcount)
@@ -191,7 +181,7 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
     evaluators = {prefix: Evaluator(model, config, source, Protocol.quick(config), mesh=mesh,
                                     process_index=pidx, process_count=pcount)
                   for prefix, source in sources_by_prefix.items() if source is not None}
-    update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(plateau_tx, s, e),
+    update_plateau = jax.jit(lambda s, e: state_lib.update_plateau(run.plateau_tx, s, e),
                              in_shardings=(shardings, replicated), out_shardings=shardings,
                              donate_argnums=0)
 
@@ -206,7 +196,7 @@ def _run(config, workdir, ckpt, state, shardings, model, tx, plateau_tx, layout,
         for prefix, evaluator in evaluators.items():
             if prefix == "eval" and not (final or config.curves_on_eval_split):
                 continue
-            values.update(evaluator.run(params, prefix, headline))
+            values.update(evaluator.run(params, prefix, headline, state.stats))
             parts.append(f"{config.data.val_split} (schedule) {headline} "
                          f"{values['val/headline']:.4f}" if prefix == "val" else
                          f"{config.data.eval_split} (reported{'' if final else ', curves only'})"

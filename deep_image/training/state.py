@@ -19,7 +19,8 @@ import optax.contrib
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array          # optimizer steps taken
-    params: Any              # {layer: {kernel, bias}} float32
+    params: Any              # {layer: {name: array}} float32
+    stats: Any               # {layer: {name: array}}: BatchNorm statistics ({} for VGG)
     opt_state: Any           # momentum trace (and clip state)
     plateau: Any             # reduce-on-plateau state: scale, best error, counters
     rng: jax.Array           # raw uint32 key; dropout uses fold_in(rng, step)
@@ -37,28 +38,27 @@ def _kernels_only(params):
         lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
 
 
-TRAINABLE = {   # §5: "fine-tune all layers, the last three FC layers, or the last"
-    "all": lambda layer: True,
-    "fc": lambda layer: layer.startswith("fc"),
-    "last": lambda layer: layer == "fc3",
-}
+def trained_layers(model, finetune: str) -> set[str] | None:
+    """§5: fine-tune all layers (None: every one), the FC layers or the classifier, as the
+    model names them."""
+    return {"all": None, "fc": set(model.fc_layers), "last": {model.classifier}}[finetune]
 
 
-def trainable_labels(params, finetune: str):
+def trainable_labels(params, trained: set[str] | None):
     """'train' or 'freeze' for every parameter leaf, by its layer name."""
-    keep = TRAINABLE[finetune]
-    return {layer: jax.tree.map(lambda _: "train" if keep(layer) else "freeze", leaves)
+    return {layer: jax.tree.map(lambda _: "train" if trained is None or layer in trained
+                                else "freeze", leaves)
             for layer, leaves in params.items()}
 
 
-def make_optimizer(opt, finetune: str = "all") -> optax.GradientTransformation:
-    """Gradient -> direction (weight decay + momentum); the step multiplies by -lr. Frozen
-    layers get a zero direction and keep no optimizer state (optax.multi_transform)."""
+def make_optimizer(opt, trained: set[str] | None = None) -> optax.GradientTransformation:
+    """Gradient -> direction (weight decay + momentum); the step multiplies by -lr. Layers not
+    in `trained` (None: all are) get a zero direction and keep no optimizer state."""
     tx = _sgd_direction(opt)
-    if finetune == "all":
+    if trained is None:
         return tx
     return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
-                                 lambda params: trainable_labels(params, finetune))
+                                 lambda params: trainable_labels(params, trained))
 
 
 def _sgd_direction(opt) -> optax.GradientTransformation:
@@ -117,8 +117,9 @@ def abstract_state(model, tx, plateau_tx, mesh, layout) -> TrainState:
 def initializer(model, tx, plateau_tx, layout, mesh):
     def init(key):
         pkey, dkey = jax.random.split(key)
-        params = layout.to_stored(layout.constrain(model.init(pkey), mesh), jnp)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+        params, stats = model.init(pkey)
+        params = layout.to_stored(layout.constrain(params, mesh), jnp)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
                           opt_state=tx.init(params), plateau=plateau_tx.init(params),
                           rng=dkey)
     return init

@@ -1,6 +1,7 @@
 """The train steps: pure functions of (state, batch), compiled with `jax.jit` and explicit
 shardings, the state donated. Batches arrive as uint8 and are normalized on device
-(evaluation/evaluator.py scores the eval splits)."""
+(evaluation/evaluator.py scores the eval splits). The model is anything models/base.py
+describes: its `features` run on each device's rows, its `head` as the layout splits it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from deep_image.evaluation.evaluator import normalize
+from deep_image.parallel import butterfly
+from deep_image.parallel import mesh as mesh_lib
+from deep_image.parallel.layout import fc_kind
 from deep_image.training import state as state_lib
 
 
@@ -23,8 +29,15 @@ def apply_update(tx, config, state: state_lib.TrainState, grads):
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), lr
 
 
+def updates_stats(config) -> bool:
+    """Whether training updates BatchNorm statistics: not when fine-tuning freezes the
+    backbone, whose normalization then keeps the pre-trained running statistics."""
+    return config.finetune == "all"
+
+
 def make_train_step(model, tx, config, state_shardings, batch_sharding, out_sharding):
     mean, std = tuple(config.data.mean), tuple(config.data.std)
+    update = updates_stats(config)
 
     def train_step(state: state_lib.TrainState, batch):
         images = normalize(batch["image"], mean, std)
@@ -32,12 +45,16 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
-            logits = model.apply(params, images, train=True, dropout_key=dropout_key)
+            logits, stats = model.apply_with_stats(params, images, stats=state.stats,
+                                                   train=True, dropout_key=dropout_key,
+                                                   update_stats=update)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, logits
+            return loss, (logits, stats)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
         state, lr = apply_update(tx, config, state, grads)
+        state = state.replace(stats=stats)
         metrics = {
             "train/loss": loss,
             "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
@@ -57,7 +74,6 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
 def build_train_step(model, tx, config, mesh, layout, state):
     """The train step for `mesh`: §3's shard_map step on several devices, the plain jitted step
     on one. `state` (arrays or ShapeDtypeStructs) carries the shardings."""
-    from deep_image.parallel import mesh as mesh_lib
     if mesh.size > 1:
         return make_parallel_train_step(model, tx, config, mesh, layout, state)
     return make_train_step(model, tx, config, jax.tree.map(lambda x: x.sharding, state),
@@ -68,26 +84,20 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
     """The train step of §3 over a mesh of several devices, as one `jax.shard_map` program,
     jitted with the state (in `layout`'s stored form) donated.
 
-    Per device: all-gather the owned parts of the weights (lazy update); conv layers on this
-    device's 1/N of the batch (data parallel, §3.1); the FC layers on the rows of the devices
-    along the FC axis, each device computing its slices of FC1-FC3 as the sharding rules split
-    them (§3.2; with `parallelism=data` every device runs them whole on its own rows);
-    gradients reduce-scattered to their owners (butterfly synchronization); the optimizer
-    updates owned parts only. Loss, metrics, dropout masks and updates equal one device's on
-    the global batch."""
-    from jax import lax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from deep_image.parallel import butterfly
-    from deep_image.parallel import mesh as mesh_lib
-    from deep_image.parallel.layout import fc_kind
-
-    shapes = model.abstract_params
+    Per device: all-gather the owned parts of the weights (lazy update); the model's features
+    on this device's 1/N of the batch (data parallel, §3.1; BatchNorm over the global batch);
+    the head on the rows of the devices along the FC axis, each device computing its slices of
+    the head layers as the sharding rules split them (§3.2; with `parallelism=data` every
+    device runs the head whole on its own rows); gradients reduce-scattered to their owners
+    (butterfly synchronization); the optimizer updates owned parts only. Loss, metrics,
+    dropout masks, statistics and updates equal one device's on the global batch."""
     mean, std = tuple(config.data.mean), tuple(config.data.std)
-    rate = config.model.dropout_rate
+    rate = model.dropout_rate
+    update = updates_stats(config)
     fc_axis, axes = layout.fc_axis, layout.axes
     batch_axes = mesh_lib.batch_sharding(mesh).spec[0]
-    # FC rows are summed over the devices that are not along the FC axis
+    split = {layer: fc_kind(layout, layer) for layer in model.head_layers}
+    # head rows are summed over the devices that are not along the FC axis
     row_axes = tuple(a for a in axes if a != fc_axis)
     n = mesh.size
 
@@ -102,20 +112,23 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
             labels = lax.all_gather(labels, fc_axis, tiled=True, to="invarying")
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
         params = butterfly.lazy_gather(state.params, layout)
+        first = model.head_layers[0]
 
         def loss_fn(params):
-            conv = {k: v for k, v in params.items() if not k.startswith("fc")}
-            module = model.module({**conv, **{k: shapes[k] for k in shapes if k not in conv}})
-            x = module.features(images).reshape(b, -1)
-            if fc_axis:   # the group's rows; a split FC1 keeps the gather's cotangent local
+            backbone = {k: v for k, v in params.items() if k not in model.head_layers}
+            x, stats = model.features(backbone, images, stats=state.stats, train=True,
+                                      update_stats=update, batch_axes=batch_axes)
+            if fc_axis:   # the group's rows; a split first layer keeps the cotangent local
                 x = lax.all_gather(x, fc_axis, tiled=True, to="invarying"
-                                   if fc_kind(layout, "fc1") == "whole" else "varying")
-            logits = fc_block(layout, params, x, keys, rate, (total, row0))
+                                   if split[first] == "whole" else "varying")
+            logits = model.head(params, x, keys=keys, rate=rate, split=split, axis=fc_axis,
+                                rows=(total, row0))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return loss.sum() / total, logits          # this group's share of the global mean
+            return loss.sum() / total, (logits, stats)   # this group's share of the mean
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         state, lr = apply_update(tx, config, state, butterfly.butterfly_sync(grads, layout))
+        state = state.replace(stats=stats)
         hits = jnp.sum(jnp.argmax(logits, -1) == labels)
         if row_axes:
             loss, hits = lax.psum(loss, row_axes), lax.psum(hits, row_axes)
@@ -141,41 +154,3 @@ def _stride(mesh, axis: str) -> int:
     """Distance in row blocks between neighbours along `axis` (row-major device order)."""
     names = list(mesh.axis_names)
     return math.prod(mesh.shape[a] for a in names[names.index(axis) + 1:])
-
-
-def fc_block(layout, params, x, keys, rate, rows):
-    """FC1-FC3 with ReLU and dropout after FC1 and FC2, each layer computed as the layout
-    splits it over the FC axis (§3.2): 'columns' (this device's outputs), 'rows' (this
-    device's inputs; outputs summed over the axis) or 'whole'. `x` is every input feature of
-    this group's rows; `rows` = (global batch, the group's first row) places dropout masks.
-    Returns the group's float32 logits, the same on every device of the axis."""
-    from jax import lax
-
-    from deep_image.models.vgg import dropout_slice
-    from deep_image.parallel.layout import fc_kind
-
-    axis = layout.fc_axis
-    total, row0 = rows
-    dt = x.dtype
-    split = False                 # x holds this device's columns only
-    for i, layer in enumerate(("fc1", "fc2", "fc3")):
-        kind = fc_kind(layout, layer)
-        w, bias = params[layer]["kernel"].astype(dt), params[layer]["bias"].astype(dt)
-        if kind == "rows":
-            if not split:
-                x = lax.dynamic_slice_in_dim(x, lax.axis_index(axis) * w.shape[0], w.shape[0], 1)
-            x, split = lax.psum(x @ w, axis) + bias, False
-        else:
-            if split:
-                x = lax.all_gather(x, axis, axis=1, tiled=True,
-                                   to="varying" if kind == "columns" else "invarying")
-            x, split = x @ w + bias, kind == "columns"
-        if i < 2:
-            x = jax.nn.relu(x)
-            if rate > 0.0:
-                width = x.shape[1] * (lax.axis_size(axis) if split else 1)
-                col0 = lax.axis_index(axis) * x.shape[1] if split else 0
-                x = dropout_slice(x, keys[i], rate, (total, width), (row0, col0))
-    if split:
-        x = lax.all_gather(x, axis, axis=1, tiled=True, to="invarying")
-    return x.astype(jnp.float32)

@@ -32,15 +32,22 @@ BENCHMARKS = {
 TEST_SCALES = (256, 384, 512)   # §5.1 multi-scale testing; each must be >= the 224 crop
 
 
+# ResNet's one FC layer, split by output columns when the head is split (§3.2's model_data)
+RESNET_SHARDING_RULES = ((r"^fc/kernel$", (None, "model")), (r"^fc/bias$", ("model",)))
+
+
 def paper_config(benchmark: str, *, variant: str, scale: int, finetune: str = "all",
-                 init_from: str = "", width: float = 1.0):
+                 init_from: str = "", width: float = 1.0, crop: int = constants.CROP_SIZE):
     source, train, val, test, headline = BENCHMARKS[benchmark]
     c = config_lib.base()
+    c.model.name = "resnet" if variant.startswith("resnet") else "vgg"
     c.model.variant, c.model.width = variant, width
+    if c.model.name == "resnet":
+        c.sharding_rules = RESNET_SHARDING_RULES
     c.model.dtype = "bfloat16"          # GPU runs; parameters stay float32
     c.data.source = source
     c.data.train_split, c.data.val_split, c.data.eval_split = train, val, test
-    c.data.scale, c.data.crop = scale, constants.CROP_SIZE
+    c.data.scale, c.data.crop = scale, crop
     c.data.augment.update(config_lib.all_six())
     c.data.workers = 8
     c.eval.protocol, c.eval.scales, c.eval.flip = "dense", TEST_SCALES, True
