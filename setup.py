@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.67,<5",
     "tensorboardX>=2.6.5,<3",
     "matplotlib>=3.10,<4",
+    "scipy>=1.17,<2",          # t intervals (claims study), .mat files (Oxford Flowers)
 ]
 
 setup(

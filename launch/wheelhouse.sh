@@ -42,11 +42,14 @@ print("\n".join(reqs))
 EOF
 )
 printf '%s\n' "$reqs" > "$folder/requirements.txt"
-args=(--only-binary=:all: --dest "$folder" -r "$folder/requirements.txt" setuptools wheel)
+# Everything for this machine as wheels: downloaded ones kept, source-only packages (pure
+# Python, e.g. promise) built here. Their wheels are platform-independent.
+python -m pip wheel --wheel-dir "$folder" -r "$folder/requirements.txt" setuptools wheel
 if [ -n "$platform" ] || [ "$version" != "$here_version" ]; then
-  args+=(--python-version "$version")
+  # another Python or platform: its binary wheels too (the pure ones built above serve it)
+  args=(--only-binary=:all: --dest "$folder" --find-links "$folder" --python-version "$version")
   [ -n "$platform" ] && args+=(--platform "$platform")
+  python -m pip download "${args[@]}" -r "$folder/requirements.txt" setuptools wheel
 fi
-python -m pip download "${args[@]}"
 echo "wrote $(ls "$folder"/*.whl | wc -l) wheels to $folder; install with:"
 echo "  pip install --no-index --find-links=$folder -e $repo"

@@ -91,6 +91,6 @@ def test_config_trains_and_evaluates(name, pretrained, archives, tmp_path):
         run = Trained(str(tmp_path), c)
         source = sources.get_source(c.data, c.data.eval_split)
         values = Evaluator(run.model, c, source, Protocol.of(c), cache=False).run(
-            run.params, "eval", c.eval.headline)
+            run.params, "eval", c.eval.headline, run.stats)
     assert values["eval/headline"] == values[f"eval/{c.eval.headline}"]
     assert values["eval/examples"] == len(source) > 0

@@ -59,8 +59,13 @@ MODES = {"data": ["--config.parallelism=data"],
          "hybrid": ["--config.parallelism=model_data",
                     "--config.mesh=(('data', 2), ('model', 2))"],
          # the second family, with BatchNorm over the global batch across the processes
+         # (ResNet-18 at 1/8 width and a tenth of the rate: BatchNorm over 16 tiny images
+         # at the full rate is chaotic, amplifying the collectives' float summation order
+         # past these tolerances within 10 steps; local statistics would already change the
+         # first loss)
          "resnet": ["--config.parallelism=data", "--config.model.name=resnet",
-                    "--config.model.variant=resnet50"]}
+                    "--config.model.variant=resnet18", "--config.model.width=0.125",
+                    "--config.optimizer.learning_rate=0.001"]}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -82,7 +87,11 @@ def test_two_processes_equal_one_process(tmp_path, mode):
     a, b = _state(tmp_path / "single"), _state(tmp_path / "multi")
     for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
                                  jax.tree_util.tree_leaves_with_path(b)):
-        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+        # to 1e-5, or 5e-5 of the leaf's largest value where that is larger (ResNet's stem
+        # gradients and momentum reach ~3: float noise of the sums is ~1e-5 of that, a wrong
+        # block would be off by its whole size)
+        tol = max(1e-5, 5e-5 * float(np.max(np.abs(x), initial=0.0)))
+        np.testing.assert_allclose(y, x, atol=tol, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
 def test_a_dead_process_stops_the_other(tmp_path):
@@ -135,7 +144,7 @@ STOP_ARGS = ["--config.total_steps=60", "--config.log_every_steps=5",
 def test_a_notice_on_both_or_one_process_stops_both_at_one_step(tmp_path):
     """SIGTERM to both processes right at a log point (where a host sync lets them drift
     apart by a step), or to one process only: both save at the same step and exit with 75,
-    every time; the resumed run then equals one process with four devices."""
+    every time; the resumed run then equals the same pair never stopped, bit for bit."""
     wd = tmp_path / "multi"
     stopped = []
     for targets in ((0, 1), (0, 1), (1,)):
@@ -159,11 +168,12 @@ def test_a_notice_on_both_or_one_process_stops_both_at_one_step(tmp_path):
     procs = _start_pair(wd, _free_port(), *STOP_ARGS)
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:]
-    single = subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
-                             f"--workdir={tmp_path / 'single'}", *STOP_ARGS], cwd=REPO,
-                            capture_output=True, text=True, timeout=300, env=_env(4))
-    assert single.returncode == 0, single.stderr[-3000:]
-    a, b = _state(tmp_path / "single", 60), _state(wd, 60)
+    # the same two processes, never stopped: bit for bit (a one-process, four-device run is
+    # only equal to float precision, which 60 steps of this tiny net amplify past 1e-5)
+    procs = _start_pair(tmp_path / "uninterrupted", _free_port(), *STOP_ARGS)
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:]
+    a, b = _state(tmp_path / "uninterrupted", 60), _state(wd, 60)
     for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
                                  jax.tree_util.tree_leaves_with_path(b)):
-        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(path))

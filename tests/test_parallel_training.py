@@ -48,7 +48,7 @@ def one_device(tmp_path_factory):
 def test_four_device_run_matches_one_device_and_evaluates(tmp_path, one_device, mode):
     four = _train(tmp_path, FOUR, *STEPS, *MODES[mode])
     if mode == "hybrid":
-        assert "FC layers split over model" in four.stderr
+        assert "head layers split over model" in four.stderr
     ours = _losses(tmp_path)
     assert sorted(ours) == sorted(one_device)
     np.testing.assert_allclose([ours[s] for s in sorted(ours)],

@@ -48,7 +48,11 @@ class Model:
                 nnx.to_pure_dict(nnx.state(module, nnx.BatchStat)))
 
     def module(self, params: dict, stats: dict | None = None):
-        stats = self.abstract_stats if stats is None else stats
+        if stats is None:
+            if jax.tree.leaves(self.abstract_stats):
+                raise ValueError(f"{self.variant} keeps BatchNorm statistics: pass the trained "
+                                 "state's `stats` (e.g. Trained(...).stats) with its params")
+            stats = self.abstract_stats
         return nnx.merge(self.graphdef, params, stats)
 
     def num_params(self) -> int:

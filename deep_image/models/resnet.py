@@ -57,13 +57,15 @@ class BatchNorm(nnx.Module):
         `axes`) and update the running ones; else by the running ones."""
         xf = x.astype(jnp.float32)
         if batch:
-            n = jnp.asarray(xf.shape[0] * xf.shape[1] * xf.shape[2], jnp.float32)
-            s, ss = jnp.sum(xf, (0, 1, 2)), jnp.sum(xf * xf, (0, 1, 2))
-            if axes:    # the global batch's sums (a named scope: the HLO says what it is)
-                with jax.named_scope(STATS_SCOPE):
-                    n, s, ss = (jax.lax.psum(v, axes) for v in (n, s, ss))
-            mean = s / n
-            var = jnp.maximum(ss / n - mean * mean, 0.0)
+            # two passes (the mean, then the mean squared deviation from it): E[x^2] - E[x]^2
+            # cancels catastrophically in float32 when a channel's variance is small next to
+            # its mean, and the error is then amplified by rsqrt(var + eps)
+            with jax.named_scope(STATS_SCOPE):   # the HLO names the statistics' reductions
+                n = jnp.asarray(xf.shape[0] * xf.shape[1] * xf.shape[2], jnp.float32)
+                total = lambda v: jax.lax.psum(v, axes) if axes else v   # noqa: E731
+                n = total(n)
+                mean = total(jnp.sum(xf, (0, 1, 2))) / n       # of the global batch
+                var = total(jnp.sum(jnp.square(xf - mean), (0, 1, 2))) / n
             self.mean[...] = (1 - BN_MOMENTUM) * self.mean[...] + BN_MOMENTUM * mean
             self.var[...] = ((1 - BN_MOMENTUM) * self.var[...]
                              + BN_MOMENTUM * var * n / jnp.maximum(n - 1, 1))   # unbiased
