@@ -27,7 +27,7 @@ from deep_image import errors
 flags.DEFINE_string("out", None, "Output folder: runs, data, claims.md, claims.json, plots.")
 flags.DEFINE_bool("quick", False, "A shorter study (fewer steps, 2 seeds); verdicts marked.")
 flags.DEFINE_list("claims", ["a", "b", "c", "d", "e", "f"], "Which claims (a-f).")
-flags.DEFINE_integer("seeds", None, "Seeds per arm (default: 4, quick: 2).")
+flags.DEFINE_integer("seeds", None, "Seeds per arm (default: 3, quick: 2).")
 flags.DEFINE_integer("workers", 2, "Runs trained at once (each on 1 thread when > 1).")
 flags.DEFINE_enum("budget", None, ["full", "quick", "toy"], "Overrides --quick (toy: tests).")
 FLAGS = flags.FLAGS
@@ -64,7 +64,7 @@ def prerender_all(out: str, runs, workers: int) -> None:
                                                   for spec, split in todo])))
 
 
-def run_all(out: str, runs, spec: dict, workers: int) -> dict[str, str]:
+def run_all(out: str, runs, spec: dict, workers: int, on_done=lambda: None) -> dict[str, str]:
     """Trains every unfinished run, `workers` at a time, each after the run it fine-tunes
     from; returns {name: log path} of the runs that failed (and of those that depended on
     them)."""
@@ -72,7 +72,7 @@ def run_all(out: str, runs, spec: dict, workers: int) -> dict[str, str]:
     pending = [r for r in runs if result(out, r.name) is None]
     running, failed = {}, {}
     try:
-        _schedule(out, pending, running, failed, spec, workers)
+        _schedule(out, pending, running, failed, spec, workers, on_done)
     except KeyboardInterrupt:
         # Ctrl-C reached the runs too (one process group): each saves a checkpoint and stops.
         # A signal to this process alone reaches them as SIGTERM, which does the same.
@@ -88,7 +88,7 @@ def run_all(out: str, runs, spec: dict, workers: int) -> dict[str, str]:
     return failed
 
 
-def _schedule(out, pending, running, failed, spec, workers) -> None:
+def _schedule(out, pending, running, failed, spec, workers, on_done) -> None:
     from deep_image.study.runs import result, run_dir
     env = _env(out, workers)
     while pending or running:
@@ -99,6 +99,7 @@ def _schedule(out, pending, running, failed, spec, workers) -> None:
                 if proc.returncode or result(out, name) is None:
                     failed[name] = log.name
                 print(f"{'failed' if name in failed else 'done'}: {name}", flush=True)
+                on_done()
         for run in list(pending):
             if run.init in failed:
                 pending.remove(run)
@@ -128,17 +129,28 @@ def analyse(out: str, spec: dict):
     return {k: claims_lib.CLAIMS[k].analyse(results) for k in spec["claims"]}
 
 
-def _timing(out: str, seconds: float) -> dict:
-    path = os.path.join(out, "timing.json")
-    timing = {"wall_seconds": 0.0, "invocations": 0}
-    if os.path.isfile(path):
-        with open(path) as f:
-            timing = json.load(f)
-    timing["wall_seconds"] += seconds
-    timing["invocations"] += 1
-    with open(path, "w") as f:
-        json.dump(timing, f)
-    return timing
+class Clock:
+    """The study's wall time over all its invocations, in OUT/timing.json, written after every
+    finished run: an invocation that is killed (a machine restart) still counts up to its
+    last finished run."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, "timing.json")
+        before = {"wall_seconds": 0.0, "invocations": 0}
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                before = json.load(f)
+        self.before, self.t0 = before, time.time()
+        self.tick()
+
+    def tick(self) -> dict:
+        timing = {"wall_seconds": self.before["wall_seconds"] + time.time() - self.t0,
+                  "invocations": self.before["invocations"] + 1}
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(timing, f)
+        os.replace(tmp, self.path)
+        return timing
 
 
 def main(argv):
@@ -148,24 +160,24 @@ def main(argv):
     from deep_image.study import report
     from deep_image.study.runs import result
 
-    t0 = time.time()
     out = os.path.abspath(FLAGS.out)
     budget = FLAGS.budget or ("quick" if FLAGS.quick else "full")
     unknown = [c for c in FLAGS.claims if c not in claims_lib.CLAIMS]
     if unknown:
         errors.fail(f"--claims: no claim {', '.join(unknown)}; choose among "
                     f"{', '.join(claims_lib.CLAIMS)}")
-    n = FLAGS.seeds or (4 if budget == "full" else 2)
+    n = FLAGS.seeds or (3 if budget == "full" else 2)   # 3 full: ~80 min on 2 cores
     if n < 2:
         errors.fail("--seeds must be at least 2: an interval needs two seeds")
     spec = {"claims": sorted(FLAGS.claims), "seeds": list(range(n)), "budget": budget}
     runs = claims_lib.plan(spec)
     os.makedirs(out, exist_ok=True)
+    clock = Clock(out)
     print(f"{len(runs)} runs, {sum(result(out, r.name) is None for r in runs)} to do",
           flush=True)
     prerender_all(out, [r for r in runs if result(out, r.name) is None], FLAGS.workers)
-    failed = run_all(out, runs, spec, FLAGS.workers)
-    timing = _timing(out, time.time() - t0)
+    failed = run_all(out, runs, spec, FLAGS.workers, clock.tick)
+    timing = clock.tick()
     if failed:
         for name, log in failed.items():
             print(f"error: run {name} failed; its log: {log}", file=sys.stderr)
