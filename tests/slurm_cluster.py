@@ -298,6 +298,12 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
             target += PERIODIC_CHECK
         time.sleep(target - now)
 
+    def node_completing(self) -> bool:
+        """Whether a node is still ending a job (sinfo's COMPLETING flag) or runs a step."""
+        states = self.run("sinfo", "-h", "-o", "%T", check=False).stdout.lower()
+        steps = self.run("squeue", "-h", "-s", check=False).stdout.strip()
+        return "comp" in states or bool(steps)
+
     def release(self, job_id: str) -> None:
         """A requeued job waits (BeginTime, 120 s here): let it start now."""
         self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
@@ -319,7 +325,9 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
                 # not in the second it was requeued: slurmd refuses a job whose credential
                 # was revoked in the same second ("Job credential revoked", job FAILED)
                 held_since = held_since or time.time()
-                if time.time() - held_since > 1.5:
+                # and not while the node still cleans up the last run: a kill of its step
+                # that arrives late would hit the new run's step (the same id, JOB.0)
+                if time.time() - held_since > 1.5 and not self.node_completing():
                     self.release(job_id)
                     released, held_since = restarts, None
             if time.time() - t0 > timeout:

@@ -93,8 +93,12 @@ def test_plan_fine_tunes_each_seed_from_its_own_pre_training():
 def _reproduce(out, *extra, **popen):
     cmd = [sys.executable, "-m", "deep_image.reproduce", f"--out={out}", "--budget=toy",
            "--claims=a,e", "--seeds=2", *extra]
+    # Ctrl-C as in a terminal, even when the suite itself runs in the background (where the
+    # shell starts it, and so its children, with SIGINT ignored)
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, **popen)
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **popen)
 
 
 def _mtimes(out):
