@@ -83,6 +83,7 @@ def run_all(out: str, runs, spec: dict, workers: int, on_done=lambda: None) -> d
                 proc.send_signal(signal.SIGTERM)
                 proc.wait()
             log.close()
+        on_done()     # the wall time up to here counts
         errors.fail("interrupted: rerun the same command to resume (finished runs are kept, "
                     "unfinished ones resume from their checkpoints)")
     return failed

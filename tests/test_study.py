@@ -91,14 +91,18 @@ def test_plan_fine_tunes_each_seed_from_its_own_pre_training():
 
 
 def _reproduce(out, *extra, **popen):
-    cmd = [sys.executable, "-m", "deep_image.reproduce", f"--out={out}", "--budget=toy",
+    # `python -m deep_image.reproduce ...`, with Ctrl-C handled as in a terminal even when the
+    # suite itself runs in the background (a shell starts it, and so its children, with
+    # SIGINT ignored)
+    cmd = [sys.executable, "-c", _MAIN_WITH_SIGINT, f"--out={out}", "--budget=toy",
            "--claims=a,e", "--seeds=2", *extra]
-    # Ctrl-C as in a terminal, even when the suite itself runs in the background (where the
-    # shell starts it, and so its children, with SIGINT ignored)
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            **popen)
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, **popen)
+
+
+_MAIN_WITH_SIGINT = ("import runpy, signal; signal.signal(signal.SIGINT, "
+                     "signal.default_int_handler); runpy.run_module('deep_image.reproduce', "
+                     "run_name='__main__', alter_sys=True)")
 
 
 def _mtimes(out):
