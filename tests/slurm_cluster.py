@@ -299,10 +299,14 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
         time.sleep(target - now)
 
     def node_completing(self) -> bool:
-        """Whether a node is still ending a job (sinfo's COMPLETING flag) or runs a step."""
+        """Whether a node is still ending a job (sinfo's COMPLETING flag) or runs a step, or
+        an srun or step daemon of the last run is still alive on this host (an old srun's
+        late cancel of step J.0 would hit the restarted run's step J.0)."""
         states = self.run("sinfo", "-h", "-o", "%T", check=False).stdout.lower()
         steps = self.run("squeue", "-h", "-s", check=False).stdout.strip()
-        return "comp" in states or bool(steps)
+        alive = subprocess.run(["pgrep", "-f", r"^(srun|slurmstepd: \[[0-9]+\.[0-9]+\])"],
+                               capture_output=True, text=True).stdout.strip()
+        return "comp" in states or bool(steps) or bool(alive)
 
     def release(self, job_id: str) -> None:
         """A requeued job waits (BeginTime, 120 s here): let it start now."""
