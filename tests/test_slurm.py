@@ -126,7 +126,7 @@ def test_scontrol_requeue_resumes_exactly(slurm, reference, tmp_path):
     slurm.run("scontrol", "requeue", job)
     # SLURM's own hold before the restart, not an early release: released within seconds of
     # `scontrol requeue`, the restarted run's first step (the same id, J.0) was sometimes
-    # cancelled by the requeue's kill still in flight (3 of 5 runs here), and the job ran a
+    # cancelled by the requeue's kill still in flight (4 of 6 runs here), and the job ran a
     # third time. A real requeue waits out the hold, as this test does (~2 minutes).
     slurm.wait(job, timeout=400)
     log = _assert_resumed_once(slurm, job, tmp_path / "w")
