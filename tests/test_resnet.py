@@ -17,8 +17,6 @@ from conftest import REPO, read_state, run_train
 RESNET = ("--config.model.name=resnet", "--config.model.variant=resnet50")
 
 
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     wd = tmp_path_factory.mktemp("resnet")
