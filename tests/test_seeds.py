@@ -1,0 +1,66 @@
+"""python -m deep_image.study.seeds: the per-seed summary of one experiment, on workdirs laid out
+as the training loop writes them (config.json, metrics.jsonl)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import cli, tiny_config
+from deep_image.study import seeds
+
+
+def make_run(root, name, seed, top1, *, step=40, last_step=40, **overrides):
+    """A finished (or, with last_step < step, unfinished) run's workdir."""
+    workdir = os.path.join(root, name)
+    os.makedirs(workdir)
+    config = tiny_config(seed=seed, total_steps=step, **overrides)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for s in range(20, last_step + 1, 20):
+            f.write(json.dumps({"step": s, "train/loss": 1.0}) + "\n")
+            final = s == last_step
+            f.write(json.dumps({"step": s, "val/headline": 0.5 + 0.1 * final,
+                                "eval/top1": top1 if final else 0.1,
+                                "eval/top5": 0.9, "eval/mean_per_class": top1 - 0.01}) + "\n")
+    return workdir
+
+
+def test_mean_interval_and_range_over_seeds(tmp_path):
+    top1 = [0.91, 0.94, 0.925]
+    dirs = [make_run(tmp_path, f"s{s}", s, t, progress_bar=bool(s % 2))
+            for s, t in enumerate(top1)]
+    summary = seeds.summarize(dirs)
+    got = summary["eval/top1"]
+    lo, hi = scipy_stats.t.interval(0.95, 2, loc=np.mean(top1), scale=scipy_stats.sem(top1))
+    assert (got["mean"], got["low"], got["high"]) == pytest.approx((np.mean(top1), lo, hi))
+    assert got["min"] == 0.91 and got["max"] == 0.94 and got["n"] == 3
+    assert [r["seed"] for r in summary["runs"]] == [0, 1, 2]
+    assert [r["step"] for r in summary["runs"]] == [40, 40, 40]   # the last evaluation
+    assert summary["val/headline"]["mean"] == pytest.approx(0.6)
+    assert summary["split"] == "test"
+
+    out = tmp_path / "summary.json"
+    r = cli("deep_image.study.seeds", *dirs, f"--json={out}")
+    assert r.returncode == 0, r.stderr
+    assert "92.50" in r.stdout and f"[{100 * lo:.2f}, {100 * hi:.2f}]" in r.stdout
+    assert json.loads(out.read_text())["eval/top1"]["mean"] == pytest.approx(np.mean(top1))
+
+
+@pytest.mark.parametrize("case", ["other_lr", "same_seed", "unfinished", "missing"])
+def test_runs_that_are_not_seeds_of_one_finished_experiment_are_refused(tmp_path, case):
+    a = make_run(tmp_path, "a", 0, 0.9)
+    b = {"other_lr": lambda: make_run(tmp_path, "b", 1, 0.9, optimizer__learning_rate=0.1),
+         "same_seed": lambda: make_run(tmp_path, "b", 0, 0.9),
+         "unfinished": lambda: make_run(tmp_path, "b", 1, 0.9, step=60, last_step=40),
+         "missing": lambda: str(tmp_path / "nothing")}[case]()
+    expected = {"other_lr": "optimizer.learning_rate", "same_seed": "seeds repeat",
+                "unfinished": "is not finished", "missing": "does not exist"}[case]
+    with pytest.raises(seeds.SeedsError, match=expected):
+        seeds.summarize([a, b])
+    r = cli("deep_image.study.seeds", a, b)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and expected in r.stderr
