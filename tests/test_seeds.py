@@ -43,9 +43,12 @@ def test_mean_interval_and_range_over_seeds(tmp_path):
     assert summary["val/headline"]["mean"] == pytest.approx(0.6)
     assert summary["split"] == "test"
 
-    out = tmp_path / "summary.json"
-    r = cli("deep_image.study.seeds", *dirs, f"--json={out}")
+    assert seeds.curve(dirs[1]) == ([20, 40], [0.5, 0.6])
+
+    out, png = tmp_path / "summary.json", tmp_path / "curves.png"
+    r = cli("deep_image.study.seeds", *dirs, f"--json={out}", f"--plot={png}")
     assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
     assert "92.50" in r.stdout and f"[{100 * lo:.2f}, {100 * hi:.2f}]" in r.stdout
     assert json.loads(out.read_text())["eval/top1"]["mean"] == pytest.approx(np.mean(top1))
 

@@ -2,7 +2,8 @@
 
     for s in 0 1 2; do python -m deep_image.train --config=experiments/synthetic.py \
         --workdir=runs/synthetic_s$s --config.seed=$s; done
-    python -m deep_image.study.seeds runs/synthetic_s0 runs/synthetic_s1 runs/synthetic_s2
+    python -m deep_image.study.seeds runs/synthetic_s0 runs/synthetic_s1 runs/synthetic_s2 \
+        --json=summary.json --plot=curves.png
 
 Reads each workdir's `config.json` and `metrics.jsonl` (written by the training loop): the last
 evaluation of a finished run, on the reported split and on the validation split. Runs must be
@@ -21,6 +22,7 @@ from absl import app, flags
 from deep_image.study import stats
 
 flags.DEFINE_string("json", None, "Also write the summary here.")
+flags.DEFINE_string("plot", None, "Also plot every run's validation curve here (.png).")
 
 METRICS = ("eval/top1", "eval/top5", "eval/mean_per_class", "val/headline")
 # Keys that may differ between the runs: they change neither the numbers nor the protocol.
@@ -54,6 +56,37 @@ def final_result(workdir: str) -> dict:
                          "steps): rerun its train command to finish it")
     return {"workdir": workdir, "seed": config.get("seed"), "config": config, "step": last["step"],
             **{k: last[k] for k in METRICS if k in last}}
+
+
+def curve(workdir: str, key: str = "val/headline") -> tuple[list[int], list[float]]:
+    """`key` at every evaluation of the run in `workdir` (a resumed run's repeats: the last)."""
+    points = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if key in record:
+                points[record["step"]] = record[key]
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def plot(summary: dict, path: str) -> None:
+    """The validation curve of every seed, and the final reported accuracy in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in summary["runs"]:
+        steps, values = curve(r["workdir"])
+        ax.plot(steps, [100 * v for v in values], marker=".",
+                label=f"seed {r['seed']}: {summary['split']} top-1 {100 * r['eval/top1']:.2f}%")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{summary['val_split']} headline metric (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -124,6 +157,8 @@ def main(argv):
     if flags.FLAGS.json:
         with open(flags.FLAGS.json, "w") as f:
             json.dump(summary, f, indent=2)
+    if flags.FLAGS.plot:
+        plot(summary, flags.FLAGS.plot)
 
 
 if __name__ == "__main__":
