@@ -13,16 +13,12 @@ error: a spread over seeds means something only when the seed is all that varied
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 
-from absl import app, flags
-
 from deep_image.study import stats
-
-flags.DEFINE_string("json", None, "Also write the summary here.")
-flags.DEFINE_string("plot", None, "Also plot every run's validation curve here (.png).")
 
 METRICS = ("eval/top1", "eval/top5", "eval/mean_per_class", "val/headline")
 # Keys that may differ between the runs: they change neither the numbers nor the protocol.
@@ -144,22 +140,26 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    workdirs = argv[1:]
-    if not workdirs:
-        raise app.UsageError("give the workdirs of the runs, one per seed")
+def main(argv=None):
+    # argparse, not absl flags: this module is imported next to others that define --json
+    parser = argparse.ArgumentParser(prog="python -m deep_image.study.seeds",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("workdirs", nargs="+", help="the runs' workdirs, one per seed")
+    parser.add_argument("--json", help="also write the summary here")
+    parser.add_argument("--plot", help="also plot every run's validation curve here (.png)")
+    args = parser.parse_args(argv)
     try:
-        summary = summarize(workdirs)
+        summary = summarize(args.workdirs)
     except SeedsError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(table(summary))
-    if flags.FLAGS.json:
-        with open(flags.FLAGS.json, "w") as f:
+    if args.json:
+        with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
-    if flags.FLAGS.plot:
-        plot(summary, flags.FLAGS.plot)
+    if args.plot:
+        plot(summary, args.plot)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
