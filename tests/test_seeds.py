@@ -53,6 +53,12 @@ def test_mean_interval_and_range_over_seeds(tmp_path):
     assert json.loads(out.read_text())["eval/top1"]["mean"] == pytest.approx(np.mean(top1))
 
 
+def test_an_epoch_counted_run_is_summarized_with_a_warning(tmp_path, capsys):
+    dirs = [make_run(tmp_path, f"s{s}", s, 0.9, step=0) for s in (0, 1)]
+    assert seeds.summarize(dirs)["eval/top1"]["mean"] == pytest.approx(0.9)
+    assert "not checked" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["other_lr", "same_seed", "unfinished", "missing"])
 def test_runs_that_are_not_seeds_of_one_finished_experiment_are_refused(tmp_path, case):
     a = make_run(tmp_path, "a", 0, 0.9)

@@ -50,6 +50,9 @@ def final_result(workdir: str) -> dict:
         at = "no evaluation" if last is None else f"its last evaluation is step {last['step']}"
         raise SeedsError(f"the run in {workdir} is not finished ({at}, of {steps or '?'} "
                          "steps): rerun its train command to finish it")
+    if not steps:   # num_epochs runs: the step count needs the dataset's size
+        print(f"warning: {workdir} sets num_epochs, not total_steps, so whether it finished is "
+              f"not checked: its last evaluation (step {last['step']}) is used", file=sys.stderr)
     return {"workdir": workdir, "seed": config.get("seed"), "config": config, "step": last["step"],
             **{k: last[k] for k in METRICS if k in last}}
 
