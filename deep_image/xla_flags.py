@@ -1,17 +1,29 @@
 """XLA flags deep_image sets by default, before JAX creates a backend (on import of the
 package): each only when the user's own XLA_FLAGS does not name it, so theirs always win.
 
-CPU: YNNPACK fusions off (`--xla_cpu_experimental_ynn_fusion_type=`). Measured side by side
-with `python -m deep_image.bench.step` (VGG-11 x1/4, batch 32, float32, 2 cores, jaxlib 0.10.2):
-crop 64 269-294 images/s against 241-263 with them on; crop 56 321-380 against 321-336 (README,
-"Measured"). The flag names an XLA:CPU option only; GPU backends ignore it.
+CPU: YNNPACK fusions off (`--xla_cpu_experimental_ynn_fusion_type=`), so XLA:CPU runs every
+convolution through Eigen. jaxlib 0.10.2 hands some convolutions (by shape) to YNNPACK by
+default. Measured with `python -m deep_image.bench.step --dtype=float32 --nopipeline --notorch`,
+the two settings alternated in one script on the 2-core machine (README, "Measured"): VGG-11
+x1/8 at crop 56, batch 32 (the main job), 751-886 images/s against 672-792; VGG-11 x1/4 at crop
+64, 286-299 against 270-273; ResNet-18 x1/4 at crop 64, 478-571 against 459-472; VGG-16 at 224,
+batch 4, 1.3 against 1.2. Both paths agree with float64 to ~1e-7 on every convolution shape of
+ResNet-18's and VGG's tests. The flag names an XLA:CPU option only; GPU backends ignore it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def backend_started() -> bool:
+    """Whether JAX has already created a backend (then XLA_FLAGS is no longer read)."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    started = getattr(bridge, "backends_are_initialized", None)
+    return bool(started and started())
 
 
 def apply(environ=os.environ) -> list[str]:
@@ -24,4 +36,17 @@ def apply(environ=os.environ) -> list[str]:
     return added
 
 
+# Set on import; if a backend already exists (jax used before `import deep_image`), the flags
+# reach only child processes, and the training log says so.
+LATE = backend_started()
 ADDED = apply()
+
+
+def describe() -> str:
+    """The training log's line: XLA_FLAGS and what deep_image added to it."""
+    line = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    if ADDED and LATE:
+        return (f"{line} (deep_image's defaults {' '.join(ADDED)} were added after JAX had "
+                "started a backend, so this process runs without them: import deep_image "
+                "before using jax)")
+    return f"{line} (deep_image's defaults added: {' '.join(ADDED)})" if ADDED else line

@@ -46,12 +46,23 @@ def test_same_loss_and_parameters_as_one_device(result):
     # float32 sums in another order (8 partial sums, then the reduce-scatter): agreement to
     # ~1e-7 absolute on weights of ~0.1-1; a wrong gradient part, scaling (e.g. a gradient
     # counted on each of the 4 devices of a model group) or dropout mask would be off by >1e-2.
-    for ours, ref in zip(result["losses"], result["ref_losses"]):
-        assert ours == pytest.approx(ref, rel=1e-5, abs=1e-6)
-    assert max(result["max_param_diff"]) < 1e-5, result["max_param_diff"]
+    # Each step from one device's own state before it (forced), and the runs left to go their
+    # own ways (free): three steps for VGG, the first for ResNet. ResNet-18 on 16 tiny images
+    # sits ~1e-6 from a ReLU's kink: on one device, scaling its initial weights by 1 + 1e-6
+    # noise moves them 5e-4 after two steps (docs/xla_cpu/chaos.py), as large as float sums in
+    # another order do here; each step is still exact to ~2e-7.
+    steps = 1 if result["mode"].startswith("resnet") else len(result["ref_losses"])
+    for kind, losses, diffs in (("forced", result["forced_losses"], result["forced_param_diff"]),
+                                ("free", result["losses"][:steps],
+                                 result["max_param_diff"][:steps])):
+        for ours, ref in zip(losses, result["ref_losses"]):
+            assert ours == pytest.approx(ref, rel=1e-5, abs=1e-6), kind
+        assert max(diffs) < 1e-5, (kind, diffs)
+    assert len(result["forced_losses"]) == len(result["ref_losses"]) == 3
     if result["mode"].startswith("resnet"):
         # BatchNorm statistics of the global batch, as one device computes them
-        assert result["num_stats"] > 0 and max(result["max_stat_diff"]) < 1e-5
+        assert result["num_stats"] > 0 and max(result["forced_stat_diff"]) < 1e-5
+        assert result["max_stat_diff"][0] < 1e-5
 
 
 def test_state_is_created_sharded(result):

@@ -187,6 +187,20 @@ def param_key(path) -> tuple[str, str] | None:
     return None
 
 
+def relayout(tree, old: Layout, new: Layout):
+    """A TrainState's (or a params dict's) host arrays with every parameter and momentum leaf
+    converted from `old`'s stored blocks to `new`'s; other leaves as they are. Resuming on
+    another mesh uses it, and so does the test that runs one device's state through the
+    parallel step."""
+    def convert(path, x):
+        key = param_key(path)
+        if key and key[0] in old.leaves and np.ndim(x):
+            x = new.leaves[key[0]][key[1]].to_stored(
+                old.leaves[key[0]][key[1]].from_stored(np.asarray(x)))
+        return np.asarray(x)
+    return jax.tree_util.tree_map_with_path(convert, tree)
+
+
 def fc_axis_for(mesh_shape: dict, parallelism: str) -> str | None:
     """The axis FC slices are spread over: `model` if it has devices, else under model_data
     the `data` axis (§3.2 on all GPUs), else None."""

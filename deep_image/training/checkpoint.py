@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from deep_image import config as config_lib
 from deep_image import models
 from deep_image.data.errors import DataError
-from deep_image.parallel.layout import Layout, param_key
+from deep_image.parallel.layout import Layout, param_key, relayout
 from deep_image.training.state import all_finite
 
 CHECKPOINT_DIR = "checkpoints"    # a run's checkpoints: WORKDIR/checkpoints/STEP/
@@ -133,14 +133,7 @@ class Checkpointer:
         target = jax.tree_util.tree_map_with_path(saved_shape, abstract_state)
         host = jax.device_get(self._mgr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target)))["state"])
-
-        def convert(path, x):
-            key = param_key(path)
-            if key and key[0] in old.leaves and np.ndim(x):
-                x = layout.leaves[key[0]][key[1]].to_stored(
-                    old.leaves[key[0]][key[1]].from_stored(np.asarray(x)))
-            return np.asarray(x)
-        host = jax.tree_util.tree_map_with_path(convert, host)
+        host = relayout(host, old, layout)
         logging.warning("checkpoint %d was written on the mesh %s (FC layers split over %s); "
                         "converted to this run's mesh %s (FC layers split over %s)", step,
                         old.mesh_shape, old.fc_axis or "no axis", layout.mesh_shape,

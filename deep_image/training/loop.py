@@ -111,9 +111,7 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
                                      "to 0 or train on one device")
     run = setup_lib.build(config, num_classes, mesh=mesh)
     workdir = prepare_workdir(workdir)   # after sources and layout: bad input writes nothing
-    logging.info("XLA_FLAGS=%r%s", os.environ.get("XLA_FLAGS", ""),
-                 f" (deep_image's defaults added: {' '.join(xla_flags.ADDED)})"
-                 if xla_flags.ADDED else "")
+    logging.info("%s", xla_flags.describe())
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
                  config.model.variant, config.model.width, f"{run.model.num_params():,}",
                  num_classes, config.data.crop, config.data.crop, config.data.scale,
