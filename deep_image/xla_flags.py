@@ -1,14 +1,15 @@
 """XLA flags deep_image sets by default, before JAX creates a backend (on import of the
 package): each only when the user's own XLA_FLAGS does not name it, so theirs always win.
 
-CPU: YNNPACK fusions off (`--xla_cpu_experimental_ynn_fusion_type=`), so XLA:CPU runs every
-convolution through Eigen. jaxlib 0.10.2 hands some convolutions (by shape) to YNNPACK by
-default. Measured with `python -m deep_image.bench.step --dtype=float32 --nopipeline --notorch`,
-the two settings alternated in one script on the 2-core machine (README, "Measured"): VGG-11
-x1/8 at crop 56, batch 32 (the main job), 751-886 images/s against 672-792; VGG-11 x1/4 at crop
-64, 286-299 against 270-273; ResNet-18 x1/4 at crop 64, 478-571 against 459-472; VGG-16 at 224,
-batch 4, 1.3 against 1.2. Both paths agree with float64 to ~1e-7 on every convolution shape of
-ResNet-18's and VGG's tests. The flag names an XLA:CPU option only; GPU backends ignore it.
+CPU: YNNPACK's convolutions off (`--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`),
+so XLA:CPU runs every convolution through Eigen; YNNPACK keeps the dots it takes by default.
+jaxlib 0.10.2 hands convolutions to YNNPACK by default (some shapes). `bash docs/xla_cpu/ab.sh`
+(bench.step, float32, batch 32, 2 cores, one run each, alternated): VGG-11 x1/4 at crop 64
+310.8 images/s against 276.1 with jaxlib's setting; x1/8 at crop 56 (the main job) 792.3
+against 702.2. Both paths agree with float64 to ~1e-7 on every convolution shape of the tests'
+ResNet-18 and VGG. To run with jaxlib's own setting, name the flag yourself:
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`. The flag names an
+XLA:CPU option only; GPU backends ignore it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": ""}
+DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 
 
 def backend_started() -> bool:

@@ -17,6 +17,7 @@ device in the same run, with its ratio and MFU.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from deep_image import config as config_lib
+from deep_image import xla_flags
 from deep_image.models import vgg
 
 flags.DEFINE_string("model", "vgg", "Model family (config.model.name).")
@@ -173,7 +175,9 @@ def main(argv):
               "parallelism": c.parallelism, "variant": c.model.variant,
               "width": c.model.width, "crop": c.data.crop, "batch": c.batch_size,
               "dtype": c.model.dtype, "gflop_per_image": flops_per_image / 1e9,
-              "images_per_second_on_device": c.batch_size / t_model}
+              "images_per_second_on_device": c.batch_size / t_model,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "deep_image_xla_defaults": xla_flags.ADDED}
     achieved = flops_per_image * result["images_per_second_on_device"]
     result["achieved_tflops"] = achieved / 1e12
     if peak:
@@ -201,6 +205,7 @@ def main(argv):
 
     print(f"{c.model.variant} x{c.model.width:g} at {c.data.crop}px, batch {c.batch_size}, "
           f"{c.model.dtype}, {len(devices)} x {kind}, {c.parallelism} over {dict(mesh.shape)}")
+    print(f"  {xla_flags.describe()}")
     print(f"  {'model GFLOP per trained image':<40}{result['gflop_per_image']:.2f}")
     print(f"  {'images/s, batch on device':<40}{result['images_per_second_on_device']:.1f}")
     print(f"  {'achieved TFLOP/s':<40}{result['achieved_tflops']:.3f}")
