@@ -10,15 +10,25 @@ against 702.2. Both settings agree with float64 to 1e-7 to 5e-7 (relative) on Re
 convolutions, forward and both gradients (`python docs/xla_cpu/conv_precision.py`). To run
 with jaxlib's own setting, name the flag yourself:
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`. The flag names an
-XLA:CPU option only; GPU backends ignore it.
+XLA:CPU option only; GPU backends ignore it. It is added only on the jaxlib series measured
+(`TESTED`): XLA aborts on a flag it does not know, and experimental flags come and go.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 
 DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+TESTED = "0.10."          # the jaxlib series the defaults were measured on (setup.py allows more)
+
+
+def jaxlib_version() -> str:
+    try:
+        return importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def backend_started() -> bool:
@@ -28,8 +38,11 @@ def backend_started() -> bool:
     return bool(started and started())
 
 
-def apply(environ=os.environ) -> list[str]:
-    """Appends each default the user's XLA_FLAGS does not set; returns those it added."""
+def apply(environ=os.environ, jaxlib: str | None = None) -> list[str]:
+    """Appends each default the user's XLA_FLAGS does not set; returns those it added. Adds
+    nothing on a jaxlib outside the tested series."""
+    if not (jaxlib_version() if jaxlib is None else jaxlib).startswith(TESTED):
+        return []
     flags = environ.get("XLA_FLAGS", "")
     named = {f.split("=", 1)[0] for f in flags.split()}
     added = [f"{k}={v}" for k, v in DEFAULTS.items() if k not in named]
@@ -51,4 +64,7 @@ def describe() -> str:
         return (f"{line} (deep_image's defaults {' '.join(ADDED)} were added after JAX had "
                 "started a backend, so this process runs without them: import deep_image "
                 "before using jax)")
+    if not jaxlib_version().startswith(TESTED):
+        return (f"{line} (deep_image's defaults were measured on jaxlib {TESTED}x; this is "
+                f"jaxlib {jaxlib_version() or 'unknown'}, so none were added)")
     return f"{line} (deep_image's defaults added: {' '.join(ADDED)})" if ADDED else line

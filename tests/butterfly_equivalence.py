@@ -89,31 +89,32 @@ def main():
     memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh)) \
         .lower(key).compile().memory_analysis()
     hlo = step.lower(pstate, batches[0]).compile().as_text()
-    losses, diffs, stat_diffs = [], [], []
+
+    def against_one_device(i, out, metrics):
+        """(loss, largest parameter difference, largest statistic difference) of a mesh step's
+        output against one device's step i."""
+        got = layout.from_stored(jax.device_get(out.params))
+        return (float(metrics["train/loss"]),
+                max(float(np.max(np.abs(a - r))) for a, r in
+                    zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))),
+                max([float(np.max(np.abs(a - r))) for a, r in zip(
+                    jax.tree.leaves(jax.device_get(out.stats)), jax.tree.leaves(ref_stats[i]))],
+                    default=0.0))
+
+    free = []                    # the mesh's own trajectory
     for i, b in enumerate(batches):
         pstate, m = step(pstate, b)
-        losses.append(float(m["train/loss"]))
-        got = layout.from_stored(jax.device_get(pstate.params))
-        diffs.append(max(float(np.max(np.abs(a - r))) for a, r in
-                         zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))))
-        stat_diffs.append(max([float(np.max(np.abs(a - r))) for a, r in zip(
-            jax.tree.leaves(jax.device_get(pstate.stats)), jax.tree.leaves(ref_stats[i]))],
-            default=0.0))
+        free.append(against_one_device(i, pstate, m))
     # Forced: every step also from one device's own state before it (converted to the mesh's
     # layout), so each step is compared at the same point. The free-running comparison above
     # can only be as close as the trajectory is stable, and ResNet's is not (test_parallel.py).
     shardings = jax.tree.map(lambda x: x.sharding, pstate)
-    forced_losses, forced_diffs, forced_stat_diffs = [], [], []
+    forced = []
     for i, b in enumerate(batches):
         start = jax.device_put(layout_lib.relayout(ref_inputs[i], canonical, layout), shardings)
-        out, m = step(start, b)
-        forced_losses.append(float(m["train/loss"]))
-        got = layout.from_stored(jax.device_get(out.params))
-        forced_diffs.append(max(float(np.max(np.abs(a - r))) for a, r in
-                                zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))))
-        forced_stat_diffs.append(max([float(np.max(np.abs(a - r))) for a, r in zip(
-            jax.tree.leaves(jax.device_get(out.stats)), jax.tree.leaves(ref_stats[i]))],
-            default=0.0))
+        forced.append(against_one_device(i, *step(start, b)))
+    (losses, diffs, stat_diffs), (forced_losses, forced_diffs, forced_stat_diffs) = (
+        map(list, zip(*free)), map(list, zip(*forced)))
     # per leaf: [stored global shape, one device's shard shape, number of distinct shards]
     shards = {f"{layer}/{name}": [list(x.shape), list(x.addressable_shards[0].data.shape),
                                   len({str(s.index) for s in x.addressable_shards})]
@@ -124,7 +125,8 @@ def main():
     print(json.dumps({
         "devices": mesh.size, "ref_losses": ref_losses, "losses": losses,
         "max_param_diff": diffs, "forced_losses": forced_losses,
-        "forced_param_diff": forced_diffs, "forced_stat_diff": forced_stat_diffs, "init_diff": init_diff, "max_stat_diff": stat_diffs,
+        "forced_param_diff": forced_diffs, "forced_stat_diff": forced_stat_diffs,
+        "init_diff": init_diff, "max_stat_diff": stat_diffs,
         "num_stats": len(jax.tree.leaves(pstate.stats)),
         "init_output_bytes": memory.output_size_in_bytes,
         "init_temp_bytes": memory.temp_size_in_bytes, "param_bytes": model.num_params() * 4,

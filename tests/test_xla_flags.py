@@ -21,6 +21,10 @@ def test_defaults_are_added_only_where_the_user_set_nothing():
     env = {"XLA_FLAGS": f"{YNN}=individual_dot --xla_force_host_platform_device_count=2"}
     assert xla_flags.apply(env) == []                          # the user's own value wins
     assert env["XLA_FLAGS"] == f"{YNN}=individual_dot --xla_force_host_platform_device_count=2"
+    # another jaxlib series may not know the flag (XLA aborts on an unknown one): nothing added
+    env = {}
+    assert xla_flags.apply(env, jaxlib="0.11.0") == [] and env == {}
+    assert xla_flags.apply(env, jaxlib=xla_flags.jaxlib_version()) != []
 
 
 CONV = ("import jax, jax.numpy as jnp; x = jnp.ones((2, 8, 8, 32)); w = jnp.ones((3, 3, 32, 64)); "
