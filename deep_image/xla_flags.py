@@ -6,7 +6,7 @@ so XLA:CPU runs every convolution through Eigen; YNNPACK keeps the dots it takes
 jaxlib 0.10.2 hands convolutions to YNNPACK by default (some shapes). `bash docs/xla_cpu/ab.sh`
 (bench.step, float32, batch 32, 2 cores, one run each, alternated): VGG-11 x1/4 at crop 64
 310.8 images/s against 276.1 with jaxlib's setting; x1/8 at crop 56 (the main job) 792.3
-against 702.2. Both settings agree with float64 to 1e-7 to 5e-7 (relative) on ResNet-18's
+against 702.2. Both settings agree with float64 to 1e-7 to 5e-7 (relative) on 8 of ResNet-18's
 convolutions, forward and both gradients (`python docs/xla_cpu/conv_precision.py`). To run
 with jaxlib's own setting, name the flag yourself:
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`. The flag names an
