@@ -48,20 +48,27 @@ def collective_summary(hlo: str) -> dict:
                                       in o["op_names"] for o in ops)}
 
 
-def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    family = next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--family=")), "vgg")
-    parallelism, data, model_axis = args[0], int(args[1]), int(args[2])
+def setup(parallelism: str, family: str = "vgg"):
+    """The config and the STEPS global batches every mode trains on (docs/xla_cpu/chaos.py
+    measures the ResNet trajectory on the same)."""
     config = tiny_config(batch_size=16, parallelism=parallelism)
     if family == "resnet":     # the second family: BatchNorm statistics in the state
         config.model.name, config.model.variant = "resnet", "resnet18"
         config.model.width = 1 / 8    # at 1/16 the init's constant temporaries rival the weights
         config.sharding_rules = RESNET_RULES
-    if args[3:] == ["columns"]:
-        config.sharding_rules = COLUMNS
     rng = np.random.default_rng(0)
     batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
                 "label": rng.integers(0, 16, 16).astype(np.int32)} for _ in range(STEPS)]
+    return config, batches
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    family = next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--family=")), "vgg")
+    parallelism, data, model_axis = args[0], int(args[1]), int(args[2])
+    config, batches = setup(parallelism, family)
+    if args[3:] == ["columns"]:
+        config.sharding_rules = COLUMNS
 
     # One device.
     one = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", 1), ("model", 1)),

@@ -17,8 +17,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
-from butterfly_equivalence import RESNET_RULES  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from butterfly_equivalence import setup  # noqa: E402
 from deep_image.parallel import mesh as mesh_lib  # noqa: E402
 from deep_image.training import setup as setup_lib  # noqa: E402
 
@@ -39,12 +38,7 @@ def trajectory(config, batches, eps):
 
 
 def main():
-    config = tiny_config(batch_size=16, parallelism="data")    # as butterfly_equivalence.py
-    config.model.name, config.model.variant, config.model.width = "resnet", "resnet18", 1 / 8
-    config.sharding_rules = RESNET_RULES
-    rng = np.random.default_rng(0)
-    batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-                "label": rng.integers(0, 16, 16).astype(np.int32)} for _ in range(3)]
+    config, batches = setup("data", "resnet")
     base = trajectory(config, batches, 0.0)
     for eps in [float(a) for a in sys.argv[1:]] or [1e-6, 1e-7]:
         moved = trajectory(config, batches, eps)
