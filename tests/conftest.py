@@ -80,3 +80,95 @@ def init_params(model, seed: int = 0):
     """A model's fresh parameters (its statistics dropped)."""
     import jax
     return model.init(jax.random.PRNGKey(seed))[0]
+
+
+# ---------------------------------------------------------------- shared helpers of the suite
+
+def records(workdir):
+    """Every record of a run's metrics.jsonl, in order."""
+    import json
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def losses(workdir) -> dict:
+    """{step: train/loss} at every logged step of a run."""
+    return {r["step"]: r["train/loss"] for r in records(workdir) if "train/loss" in r}
+
+
+def logged_step(workdir) -> int:
+    """The last step a (possibly running) run has logged; 0 before its first record."""
+    try:
+        return max((r["step"] for r in records(workdir)), default=0)
+    except (OSError, ValueError):      # not there yet, or a line being written
+        return 0
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    """The steps of the complete checkpoints in WORKDIR/checkpoints."""
+    path = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+
+
+def read_state_on_one_device(workdir, step):
+    """A saved train state as plain host arrays, whatever mesh or process count wrote it."""
+    import jax
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    with ocp.StandardCheckpointer() as r:
+        tree = r.metadata(path).item_metadata
+        here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                              tree)
+        return jax.device_get(r.restore(path, target))
+
+
+def assert_trees_equal(a, b, *, atol=None, rtol=0.0):
+    """Same paths, leaf for leaf (nothing dropped: zip is strict); bitwise unless atol is given."""
+    import jax
+    import numpy as np
+    la, lb = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (a, b))
+    assert [p for p, _ in la] == [p for p, _ in lb], "the trees have different leaves"
+    for (path, x), (_, y) in zip(la, lb, strict=True):
+        if atol is None:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+        else:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
+                                       err_msg=str(path))
+
+
+def wait_for(predicate, proc=None, *, timeout=240, what="the run"):
+    """Polls `predicate` (an event: a file, a log line) until true; fails at once if `proc`
+    ends first, or after `timeout` seconds. Give `proc` its output in files, not pipes."""
+    import time
+    t0 = time.time()
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what} ended (exit {proc.returncode}) before the event")
+        if time.time() - t0 > timeout:
+            if proc is not None:
+                proc.kill()
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class HeldPort:
+    """A localhost TCP port bound (not listening) with SO_REUSEPORT and held until closed, so no
+    other process can take it in between, while a child that also sets SO_REUSEPORT (gRPC
+    servers do by default, JAX's coordinator among them) binds it. Use as a context manager."""
+
+    def __init__(self):
+        import socket
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+
+    def close(self):
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
