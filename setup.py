@@ -28,6 +28,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["deep_image", "deep_image.*"]),
     install_requires=INSTALL_REQUIRES,
-    # torch only for the weight-import test (a CPU build on the CI machine image).
-    extras_require={"test": ["pytest>=9.0,<10", "pytest-timeout>=2.4,<3", "torch==2.13.0"]},
+    # torch only for the weight-import test and bench (a CPU build on the CI machine image);
+    # pytest-xdist runs the suite on two workers (pytest.ini), pytest-timeout fails a hang.
+    extras_require={"test": ["pytest>=9.0,<10", "pytest-timeout>=2.4,<3",
+                             "pytest-xdist>=3.8,<4", "torch==2.13.0"]},
 )
