@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import run_train
 
@@ -29,11 +30,22 @@ def test_short_run_lowers_loss_and_writes_everything(tmp_path):
     assert [r["step"] for r in evals] == [40, 80]
     losses = [r["train/loss"] for r in train]
     assert np.mean(losses[-2:]) < 0.6 * np.log(16) < np.mean(losses[1:3]), losses
-    for key in ("train/lr", "train/images_per_second"):
-        assert key in train[-1]
-    for key in ("eval/top1", "eval/top5", "eval/mean_per_class", "val/top1"):
-        assert 0.0 <= evals[-1][key] <= 1.0
-    assert evals[-1]["eval/examples"] == 50          # every test example counted once
+    assert all(r["train/images_per_second"] > 0 for r in train)
+    # the rate: 0.01 until the decision at step 40, then 0.01 x the scale decided there
+    scale = evals[0]["schedule/lr_scale"]
+    assert [r["train/lr"] for r in train] == pytest.approx([0.01] * 8 + [0.01 * scale] * 8,
+                                                          rel=1e-5)
+    for r in evals:
+        assert r["eval/examples"] == 50 and r["val/examples"] == 40   # each example once
+        for prefix, n in (("eval", 50), ("val", 40)):   # whole examples: k / n
+            for key in ("top1", "top5"):
+                assert r[f"{prefix}/{key}"] * n == pytest.approx(round(r[f"{prefix}/{key}"] * n))
+            assert r[f"{prefix}/top1"] <= r[f"{prefix}/top5"]
+            assert r[f"{prefix}/top5_error"] == pytest.approx(1 - r[f"{prefix}/top5"])
+        assert r["val/headline"] == r["val/top1"]       # the synthetic benchmark's metric
+    last = evals[-1]
+    assert (f"final test top-1: {last['eval/top1']:.4f}  top-5: {last['eval/top5']:.4f}  "
+            f"mean per class: {last['eval/mean_per_class']:.4f}  (step 80)") in proc.stdout
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / "tensorboard"))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["40", "80"]
     assert json.loads((workdir / "config.json").read_text())["model"]["variant"] == "vgg11"
