@@ -59,8 +59,6 @@ def test_the_platform_is_jax_platforms_else_a_gpu_plugin_with_a_gpu():
     assert p({}, gpu_plugin=True, gpu_device=False) == "cpu"
     assert p({}, gpu_plugin=False, gpu_device=True) == "cpu"
     assert not xla_flags._gpu_device({"CUDA_VISIBLE_DEVICES": ""})   # CUDA hides every GPU
-    assert p({}) == "cpu"           # this machine: no GPU plugin installed
-    assert not xla_flags._gpu_plugin()
 
 
 def test_the_log_line_says_what_was_added_and_why_not():
