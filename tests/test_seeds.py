@@ -59,17 +59,37 @@ def test_an_epoch_counted_run_is_summarized_with_a_warning(tmp_path, capsys):
     assert "not checked" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["other_lr", "same_seed", "unfinished", "missing"])
-def test_runs_that_are_not_seeds_of_one_finished_experiment_are_refused(tmp_path, case):
+REFUSALS = {"other_lr": "optimizer.learning_rate", "same_seed": "seeds repeat",
+            "unfinished": "is not finished", "missing": "does not exist"}
+
+
+def _refused_pair(tmp_path, case):
     a = make_run(tmp_path, "a", 0, 0.9)
     b = {"other_lr": lambda: make_run(tmp_path, "b", 1, 0.9, optimizer__learning_rate=0.1),
          "same_seed": lambda: make_run(tmp_path, "b", 0, 0.9),
          "unfinished": lambda: make_run(tmp_path, "b", 1, 0.9, step=60, last_step=40),
          "missing": lambda: str(tmp_path / "nothing")}[case]()
-    expected = {"other_lr": "optimizer.learning_rate", "same_seed": "seeds repeat",
-                "unfinished": "is not finished", "missing": "does not exist"}[case]
-    with pytest.raises(seeds.SeedsError, match=expected):
+    return a, b
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_runs_that_are_not_seeds_of_one_finished_experiment_are_refused(tmp_path, case,
+                                                                        capsys):
+    a, b = _refused_pair(tmp_path, case)
+    with pytest.raises(seeds.SeedsError, match=REFUSALS[case]):
         seeds.summarize([a, b])
+    # the command: exit code 2 and an error line naming the problem, no table
+    with pytest.raises(SystemExit) as exit_:
+        seeds.main([a, b])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert any(line.startswith("error: ") and REFUSALS[case] in line
+               for line in err.splitlines()), err
+
+
+def test_the_command_refuses_with_exit_code_2_and_an_error_line(tmp_path):
+    a, b = _refused_pair(tmp_path, "unfinished")
     r = cli("deep_image.study.seeds", a, b)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0 and expected in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == ""
+    assert f"error: the run in {b} is not finished" in r.stderr, r.stderr
