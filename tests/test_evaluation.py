@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import build_model, cli, init_params, run_train, tiny_config
+from conftest import build_model, cli, init_params, records, run_train, tiny_config
 from deep_image.data import sources, transforms
 from deep_image.data.errors import DataError
 from deep_image.evaluation import metrics
@@ -190,8 +190,8 @@ def _params(workdir, step=STEPS):
         os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
 
 
-def _test_crops(config):
-    source = sources.get_source(config.data, "test")
+def _test_crops(config, split="test"):
+    source = sources.get_source(config.data, split)
     crops = [transforms.center_crop(transforms.resize(source[i]["image"], config.data.scale),
                                     config.data.crop) for i in range(len(source))]
     return _normalized(np.stack(crops)), np.array([source[i]["label"] for i in range(len(source))])
@@ -215,6 +215,31 @@ def test_evaluate_center_crop_matches_training_eval(runs):
     per_class = [np.mean(logits.argmax(1)[labels == c] == c) for c in np.unique(labels)]
     assert result["eval/mean_per_class"] == pytest.approx(np.mean(per_class))
     assert result["eval/examples"] == 50 and len(result["per_class"]) == 16
+
+
+def _tiny_model():
+    return build_model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32",
+                       dropout_rate=0.5)
+
+
+def test_evaluate_split_scores_the_split_it_names(runs):
+    # the tiny run's val split has 40 examples, its test split (the default) 50
+    proc = cli("deep_image.evaluate", f"--workdir={runs[0]}", "--split=val")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{runs[0]}  step {STEPS}  split val  " in proc.stdout, proc.stdout
+    result = json.load(open(os.path.join(runs[0], "eval.json")))
+    assert result["split"] == "val" and result["eval/examples"] == 40
+    # the net on the val split's centre crops, counted by hand
+    x, labels = _test_crops(tiny_config(), "val")
+    predicted = np.asarray(_tiny_model().apply(_params(runs[0]), x)).argmax(1)
+    assert len(labels) == 40
+    assert result["eval/top1"] == pytest.approx(np.mean(predicted == labels))
+    per_class = [np.mean(predicted[labels == c] == c) for c in np.unique(labels)]
+    assert result["eval/mean_per_class"] == pytest.approx(np.mean(per_class))
+    # and the training loop's last evaluation of the val split (the schedule's) agrees
+    last_val = [r for r in records(runs[0]) if "val/top1" in r][-1]
+    assert last_val["step"] == STEPS
+    assert result["eval/top1"] == pytest.approx(last_val["val/top1"], abs=1e-9)
 
 
 def test_evaluate_dense_multiscale_flip_headline(runs):
@@ -257,8 +282,28 @@ def test_ensemble_averages_posteriors_not_logits(runs, tmp_path):
     rows = json.load(open(out))["metrics"]
     assert rows["ensemble"]["eval/top1"] == pytest.approx(
         np.mean(by_posteriors.argmax(1) == labels))
-    for wd, z in zip(runs, logits):
+    for wd, z in zip(runs, logits, strict=True):
         assert rows[wd]["eval/top1"] == pytest.approx(np.mean(z.argmax(1) == labels))
+
+
+def test_ensemble_split_scores_every_member_on_the_split_it_names(runs, tmp_path):
+    out, npz = tmp_path / "ens.json", tmp_path / "ens.npz"
+    proc = cli("deep_image.ensemble", f"--workdirs={runs[0]},{runs[1]}", "--split=val",
+               f"--out={out}", f"--posteriors={npz}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x, labels = _test_crops(tiny_config(), "val")
+    model = _tiny_model()
+    members = [_softmax(np.asarray(model.apply(_params(wd), x), np.float64)) for wd in runs]
+    saved = np.load(npz)
+    assert len(labels) == 40
+    np.testing.assert_array_equal(saved["labels"], labels)
+    np.testing.assert_allclose(saved["members"], members, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(saved["ensemble"], np.mean(members, 0), rtol=1e-4, atol=1e-6)
+    written = json.load(open(out))
+    assert written["split"] == "val"
+    assert written["metrics"]["ensemble"]["eval/examples"] == 40
+    assert written["metrics"]["ensemble"]["eval/top1"] == pytest.approx(
+        np.mean(np.mean(members, 0).argmax(1) == labels))
 
 
 def test_predict_reports_bad_files_and_predicts_the_rest(runs, tmp_path):
@@ -282,7 +327,7 @@ def test_predict_reports_bad_files_and_predicts_the_rest(runs, tmp_path):
     config = tiny_config()
     model = build_model("vgg11", 16, width=1 / 16, input_size=32, dtype="float32", dropout_rate=0.5)
     names = sources.get_source(config.data, "test").class_names
-    for path, line in zip(good, lines):
+    for path, line in zip(good, lines, strict=True):
         image = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
         crop = transforms.center_crop(transforms.resize(image, 40), 32)
         p = _softmax(model.apply(_params(runs[0]), _normalized(crop[None])))[0]
