@@ -267,7 +267,9 @@ def test_train_sbatch_starts_every_task_on_its_own_gpus(launch, tmp_path):
     first = spec["node"] * per_node
     recs = {int(p.stem): json.loads(p.read_text()) for p in record.glob("*.json")}
     assert sorted(recs) == list(range(first, first + per_node)), log[-3000:]
-    gpus = []
+    opens = {pid: opened(rec["visible_devices"], rec["env"]) for pid, rec in recs.items()}
+    gpus = [g for pid in sorted(opens) for g in opens[pid]]
+    assert len(gpus) == len(set(gpus)) and set(gpus) == job_gpus, opens
     for pid, rec in sorted(recs.items()):
         # JAX's own resolution: the process id it detected, and the ordinals it hands CUDA
         assert rec["process_id"] == pid
@@ -275,9 +277,6 @@ def test_train_sbatch_starts_every_task_on_its_own_gpus(launch, tmp_path):
         if "coordinator" in rec:         # SLURM's first node, port from the job id (cluster.py)
             assert rec["coordinator"] == f"gpu01:{4242 % 4096 + 65536 - 4096}"
         assert rec["env"]["CUDA_VISIBLE_DEVICES"] == spec["visible"]   # as SLURM set it
-        mine = opened(rec["visible_devices"], rec["env"])
-        gpus += mine
         ids = rec["visible_devices"]
         assert (f"process {pid} of {nodes * per_node}: local devices {ids} (GPUs "
-                f"{','.join(mine)} of CUDA_VISIBLE_DEVICES={spec['visible']};") in log
-    assert len(gpus) == len(set(gpus)) and set(gpus) == job_gpus, gpus
+                f"{','.join(opens[pid])} of CUDA_VISIBLE_DEVICES={spec['visible']};") in log
