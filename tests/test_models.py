@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from deep_image import constants
-from conftest import build_model, init_params
+from conftest import assert_trees_equal, build_model, init_params
 from deep_image.models.vgg import VGG
 
 
@@ -101,7 +101,7 @@ def test_resnet_batchnorm_statistics_and_dense_scores():
     np.testing.assert_allclose(new["bn1"]["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
     # frozen (fine-tuning the head only): statistics untouched
     _, same = model.apply_with_stats(params, x, stats=stats, train=True, update_stats=False)
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(stats)))
+    assert_trees_equal(same, stats)
     # dense testing of a globally pooled net at the training size is the net itself
     np.testing.assert_allclose(model.dense_scores(params, x, stats=new),
                                model.apply(params, x, stats=new), rtol=1e-5, atol=1e-5)
