@@ -48,6 +48,15 @@ def collective_summary(hlo: str) -> dict:
                                       in o["op_names"] for o in ops)}
 
 
+def max_diff(a, b) -> float:
+    """The largest absolute difference between two trees of the same leaves (0 if empty)."""
+    la, lb = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (a, b))
+    if [p for p, _ in la] != [p for p, _ in lb]:
+        raise AssertionError("the trees have different leaves")
+    return max((float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                for (_, x), (_, y) in zip(la, lb, strict=True)), default=0.0)
+
+
 def setup(parallelism: str, family: str = "vgg"):
     """The config and the STEPS global batches every mode trains on (docs/xla_cpu/chaos.py
     measures the ResNet trajectory on the same)."""
@@ -87,9 +96,7 @@ def main():
     run = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", data),
                                                                ("model", model_axis))))
     mesh, layout, pstate, step = run.mesh, run.layout, run.state, run.train_step
-    init_diff = max(float(np.max(np.abs(a - r))) for a, r in zip(
-        jax.tree.leaves(layout.from_stored(jax.device_get(pstate.params))),
-        jax.tree.leaves(init_params)))
+    init_diff = max_diff(layout.from_stored(jax.device_get(pstate.params)), init_params)
     # what creating the sharded state costs one device (params + momentum out, temporaries)
     init = state_lib.initializer(model, run.tx, run.plateau_tx, layout, mesh)
     key = jax.random.PRNGKey(config.seed)
@@ -101,12 +108,8 @@ def main():
         """(loss, largest parameter difference, largest statistic difference) of a mesh step's
         output against one device's step i."""
         got = layout.from_stored(jax.device_get(out.params))
-        return (float(metrics["train/loss"]),
-                max(float(np.max(np.abs(a - r))) for a, r in
-                    zip(jax.tree.leaves(got), jax.tree.leaves(ref_params[i]))),
-                max([float(np.max(np.abs(a - r))) for a, r in zip(
-                    jax.tree.leaves(jax.device_get(out.stats)), jax.tree.leaves(ref_stats[i]))],
-                    default=0.0))
+        return (float(metrics["train/loss"]), max_diff(got, ref_params[i]),
+                max_diff(jax.device_get(out.stats), ref_stats[i]))
 
     free = []                    # the mesh's own trajectory
     for i, b in enumerate(batches):
@@ -121,7 +124,7 @@ def main():
         start = jax.device_put(layout_lib.relayout(ref_inputs[i], canonical, layout), shardings)
         forced.append(against_one_device(i, *step(start, b)))
     (losses, diffs, stat_diffs), (forced_losses, forced_diffs, forced_stat_diffs) = (
-        map(list, zip(*free)), map(list, zip(*forced)))
+        map(list, zip(*free, strict=True)), map(list, zip(*forced, strict=True)))
     # per leaf: [stored global shape, one device's shard shape, number of distinct shards]
     shards = {f"{layer}/{name}": [list(x.shape), list(x.addressable_shards[0].data.shape),
                                   len({str(s.index) for s in x.addressable_shards})]

@@ -12,7 +12,7 @@ import sys
 import jax
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, assert_trees_equal, tiny_config
 from deep_image import models
 from deep_image.parallel import layout as layout_lib
 
@@ -51,14 +51,15 @@ def test_same_loss_and_parameters_as_one_device(result):
     # sits ~1e-6 from a ReLU's kink: on one device, scaling its initial weights by 1 + 1e-6
     # noise moves them 5e-4 after two steps (docs/xla_cpu/chaos.py), as large as float sums in
     # another order do here; each step is still exact to ~2e-7.
-    steps = 1 if result["mode"].startswith("resnet") else len(result["ref_losses"])
-    for kind, losses, diffs in (("forced", result["forced_losses"], result["forced_param_diff"]),
-                                ("free", result["losses"][:steps],
-                                 result["max_param_diff"][:steps])):
-        for ours, ref in zip(losses, result["ref_losses"]):
-            assert ours == pytest.approx(ref, rel=1e-5, abs=1e-6), kind
-        assert max(diffs) < 1e-5, (kind, diffs)
-    assert len(result["forced_losses"]) == len(result["ref_losses"]) == 3
+    ref = result["ref_losses"]
+    assert len(ref) == len(result["losses"]) == len(result["forced_losses"]) == 3
+    steps = 1 if result["mode"].startswith("resnet") else len(ref)
+    for kind, losses, refs, diffs in (
+            ("forced", result["forced_losses"], ref, result["forced_param_diff"]),
+            ("free", result["losses"][:steps], ref[:steps], result["max_param_diff"][:steps])):
+        for ours, one in zip(losses, refs, strict=True):
+            assert ours == pytest.approx(one, rel=1e-5, abs=1e-6), kind
+        assert len(diffs) == len(refs) and max(diffs) < 1e-5, (kind, diffs)
     if result["mode"].startswith("resnet"):
         # BatchNorm statistics of the global batch, as one device computes them
         assert result["num_stats"] > 0 and max(result["forced_stat_diff"]) < 1e-5
@@ -159,8 +160,7 @@ def test_layout_round_trip_and_fc_axis():
         assert layout.fc_axis == fc
         stored = layout.to_stored(params)
         back = layout_lib.Layout.from_description(layout.describe()).from_stored(stored)
-        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
-            assert (a == b).all()
+        assert_trees_equal(back, params)
     assert not any(lf.flat or lf.split_dim is not None
                    for lf in _plan({"data": 1, "model": 1}).leaf_list())
     assert _plan({"data": 8, "model": 1}, "data").fc_axis is None
