@@ -1,14 +1,22 @@
 """Fine-tuning (§5): init_from another run, the classifier re-initialized for a new class count,
-and frozen layers bit-identical after training with no optimizer state."""
+frozen layers bit-identical after training with no optimizer state, a stopped fine-tuning run
+resumed exactly (resume wins over init_from), and the FGVC-Aircraft retrain on trainval with
+the schedule its train/val run chose."""
 
+import importlib.util
+import json
+import shutil
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import read_state, run_train
-
-
+from conftest import REPO, assert_trees_equal, losses, read_state, run_train
+from deep_image import config as config_lib
+from deep_image import paper_benchmarks
+from deep_image.training import loop
+from deep_image.training import state as state_lib
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +27,39 @@ def pretrained(tmp_path_factory):
     return str(wd)
 
 
+FC_RUN = ("--config.finetune=fc", "--config.total_steps=20", "--config.eval_every_steps=10",
+          "--config.checkpoint_every_steps=10")
+
+
+@pytest.fixture(scope="module")
+def fc_run(pretrained, tmp_path_factory):
+    """finetune=fc from `pretrained`, 20 steps uninterrupted (checkpoints 10 and 20)."""
+    wd = tmp_path_factory.mktemp("fc")
+    proc = run_train(wd, f"--config.init_from={pretrained}", *FC_RUN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initialized from" in proc.stderr
+    return wd
+
+
 LAYERS = {"conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2", "conv5_1",
           "conv5_2", "fc1", "fc2", "fc3"}
 
 
 @pytest.mark.parametrize("mode,trained", [("last", {"fc3"}), ("fc", {"fc1", "fc2", "fc3"}),
                                           ("all", LAYERS)])
-def test_finetune_modes_train_exactly_their_layers(pretrained, tmp_path, mode, trained):
+def test_finetune_modes_train_exactly_their_layers(request, pretrained, tmp_path, mode, trained):
     """Same class count, so every layer (the classifier too) starts from the pre-trained
-    weights: trained layers must move, frozen ones stay bit-identical."""
-    wd = tmp_path / mode
-    proc = run_train(wd, f"--config.init_from={pretrained}", f"--config.finetune={mode}",
-                     "--config.total_steps=10", "--config.eval_every_steps=10",
-                     "--config.checkpoint_every_steps=10")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "initialized from" in proc.stderr and "re-initializing" not in proc.stderr
+    weights: trained layers must move, frozen ones stay bit-identical. VGG is where the modes
+    differ: fc trains fc1..fc3, last only fc3 (ResNet has one FC layer: tests/test_resnet.py)."""
+    if mode == "fc":     # the fixture's first 10 steps are this run
+        wd = request.getfixturevalue("fc_run")
+    else:
+        wd = tmp_path / mode
+        proc = run_train(wd, f"--config.init_from={pretrained}", f"--config.finetune={mode}",
+                         "--config.total_steps=10", "--config.eval_every_steps=10",
+                         "--config.checkpoint_every_steps=10")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "initialized from" in proc.stderr and "re-initializing" not in proc.stderr
     before, after = read_state(pretrained, 20)["params"], read_state(wd, 10)["params"]
     assert set(after) == LAYERS
     for layer in after:
@@ -87,3 +113,94 @@ def test_init_from_a_different_model_is_a_clear_error(pretrained, tmp_path):
                      "--config.model.width=0.125")
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 2 and lines and "has shape" in lines[0], proc.stderr[-2000:]
+
+
+def test_a_stopped_finetuning_run_resumes_exactly_without_a_second_warm_start(
+        pretrained, fc_run, tmp_path):
+    """The fc run stopped after its checkpoint 10 (a copy, later checkpoints set aside with
+    --resume_step) and rerun with the same command: it resumes from its own checkpoint, not
+    from init_from again (which would put the pre-trained fc weights back over the 10 trained
+    steps), and ends bitwise where the uninterrupted run ended."""
+    moved = read_state(fc_run, 10)["params"]["fc1"]["kernel"]
+    assert not np.array_equal(moved, read_state(pretrained, 20)["params"]["fc1"]["kernel"])
+    wd = tmp_path / "resumed"
+    shutil.copytree(fc_run, wd)
+    proc = run_train(wd, f"--config.init_from={pretrained}", *FC_RUN, "--resume_step=10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = [l for l in proc.stderr.splitlines() if "resumed from" in l]
+    assert resumed and resumed[0].endswith("at step 10"), proc.stderr[-3000:]
+    assert "initialized from" not in proc.stderr
+    assert_trees_equal(read_state(fc_run, 20), read_state(wd, 20))
+    assert losses(wd) == losses(fc_run)
+
+
+# ------------------------------------------------ FGVC-Aircraft: retrain on train+val
+
+def _aircraft_config(arg=None):
+    spec = importlib.util.spec_from_file_location("aircraft_all",
+                                                  f"{REPO}/experiments/aircraft_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+# A train/val run's metrics.jsonl: the plateau scale of each evaluation (divided at 150 and
+# at 250, then held at its floor), training records between, and a last record at step 310
+# (the run stopped there). Known by hand: decays (150, 250), 310 steps.
+TRAINVAL_METRICS = [
+    {"step": 25, "train/loss": 2.5, "train/lr": 0.01},
+    {"step": 50, "train/loss": 2.1, "train/lr": 0.01},
+    {"step": 50, "val/headline": 0.30, "schedule/lr_scale": 1.0},
+    {"step": 100, "val/headline": 0.40, "schedule/lr_scale": 1.0},
+    {"step": 150, "val/headline": 0.40, "schedule/lr_scale": 0.1},
+    {"step": 200, "val/headline": 0.45, "schedule/lr_scale": 0.1},
+    {"step": 250, "val/headline": 0.45, "schedule/lr_scale": 0.01},
+    {"step": 300, "val/headline": 0.45, "schedule/lr_scale": 0.01},
+    {"step": 310, "train/loss": 1.2, "train/lr": 0.0001},
+]
+
+
+def test_retrain_on_trainval_replays_the_train_val_run(tmp_path):
+    trainval_run = tmp_path / "aircraft_all"
+    trainval_run.mkdir()
+    (trainval_run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in TRAINVAL_METRICS))
+    assert paper_benchmarks.recorded_decay_steps(str(trainval_run)) == ((150, 250), 310)
+
+    first, retrain = _aircraft_config(), _aircraft_config(f"trainval={trainval_run}")
+    # trained on train+val, no validation split (so no plateau decision), the train/val run's
+    # decays and length; the reported split and everything else as the train/val run had it
+    assert (first.data.train_split, first.data.val_split) == ("train", "val")
+    assert retrain.data.train_split == "trainval" and retrain.data.val_split == ""
+    assert tuple(retrain.schedule.decay_steps) == (150, 250) and retrain.total_steps == 310
+    assert retrain.data.eval_split == first.data.eval_split == "test"
+    differs = {k for k, v in _flat(retrain.to_dict()).items() if _flat(first.to_dict())[k] != v}
+    assert differs == {"data.train_split", "data.val_split", "schedule.decay_steps",
+                       "total_steps"}, differs
+    assert loop.total_steps(retrain, train_size=6_667) == 310      # not num_epochs' count
+    retrain.init_from = str(tmp_path)       # check() wants the pre-trained run to exist
+    config_lib.check(retrain)
+    # the rate of each step: divided by ten (§5.1) from the step after each recorded decision,
+    # as the train/val run's plateau did (its scale at step 150 applied from step 151 on)
+    assert retrain.schedule.factor == 0.1 and retrain.schedule.warmup_steps < 100
+    base = retrain.optimizer.learning_rate
+    rate = {steps_taken: float(state_lib.learning_rate(retrain, types.SimpleNamespace(
+                step=np.int32(steps_taken), plateau=types.SimpleNamespace(scale=1.0))))
+            for steps_taken in (149, 150, 249, 250, 309)}
+    np.testing.assert_allclose([rate[s] for s in (149, 150, 249, 250, 309)],
+                               [base, base / 10, base / 10, base / 100, base / 100], rtol=1e-6)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_retrain_on_trainval_needs_the_train_val_run(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="train the train/val run first"):
+        _aircraft_config(f"trainval={tmp_path / 'never_ran'}")

@@ -1,18 +1,23 @@
 """The second model family end to end (ResNet-50 at 1/16 width on SynthBirds, as a user runs
 it): it trains with BatchNorm statistics in the state, resumes bitwise (statistics included),
-evaluates densely at several scales with flips, and fine-tunes in every mode with frozen layers
-and frozen statistics left bit-identical."""
+evaluates densely at several scales with flips, and fine-tunes with frozen layers and frozen
+statistics left bit-identical. ResNet has one FC layer, its classifier, so finetune=fc and
+finetune=last train the same layer (VGG is where they differ: tests/test_finetune.py)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, read_state, run_train
+from conftest import REPO, assert_trees_equal, build_model, read_state, run_train
+from deep_image.training import state as state_lib
+from deep_image.training import step as step_lib
 
 RESNET = ("--config.model.name=resnet", "--config.model.variant=resnet50")
 
@@ -28,18 +33,18 @@ def trained(tmp_path_factory):
 def test_statistics_train_and_resume_bitwise(trained, tmp_path):
     first, last = read_state(trained, 20), read_state(trained, 40)
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first["stats"]),
-                                                      jax.tree.leaves(last["stats"]))]
+                                                      jax.tree.leaves(last["stats"]),
+                                                      strict=True)]
     assert moved and all(moved)               # every BatchNorm's running statistics moved
-    # interrupted after checkpoint 20 (its checkpoints later than 20 removed), then resumed
+    # stopped after checkpoint 20 (a copy of the run, its later checkpoints set aside with
+    # --resume_step), then resumed: bitwise the uninterrupted run's state, statistics included
     wd = tmp_path / "resumed"
-    proc = run_train(wd, *RESNET, "--config.total_steps=20")
+    shutil.copytree(trained, wd)
+    proc = run_train(wd, *RESNET, "--resume_step=20")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_train(wd, *RESNET)
-    assert proc.returncode == 0 and "resumed from" in proc.stderr, proc.stderr[-3000:]
-    a, b = read_state(trained, 40), read_state(wd, 40)
-    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
-                                 jax.tree_util.tree_leaves_with_path(b)):
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    resumed = [l for l in proc.stderr.splitlines() if "resumed from" in l]
+    assert resumed and resumed[0].endswith("at step 20"), proc.stderr[-3000:]
+    assert_trees_equal(read_state(trained, 40), read_state(wd, 40))
 
 
 def test_dense_multiscale_flip_evaluation(trained):
@@ -53,19 +58,40 @@ def test_dense_multiscale_flip_evaluation(trained):
     assert result["eval/examples"] == 50 and "dense, scales (32, 48) +flip" in proc.stdout
 
 
-@pytest.mark.parametrize("mode", ["last", "fc", "all"])
-def test_finetune_modes_freeze_layers_and_statistics(trained, tmp_path, mode):
+def test_fc_and_last_are_the_same_mode_for_resnet_not_for_vgg():
+    """What each mode trains (state.trained_layers, the only place the optimizer reads the mode;
+    the statistics freeze for every mode but `all`: step.updates_stats). ResNet's one layer
+    with a 2-D kernel, its one FC layer, is its classifier `fc`: fc and last are one set, so
+    the subprocess test below runs `last` for both. VGG's fc1..fc3 against fc3 alone."""
+    resnet = build_model("resnet50", 16, width=1 / 16, input_size=32)
+    dense = {layer for layer, leaves in resnet.abstract_params.items()
+             if len(leaves.get("kernel", np.zeros((1, 1, 1))).shape) == 2}
+    assert dense == {"fc"}
+    assert state_lib.trained_layers(resnet, "fc") == state_lib.trained_layers(resnet, "last") \
+        == {"fc"}
+    vgg = build_model("vgg11", 16, width=1 / 16, input_size=32)
+    assert state_lib.trained_layers(vgg, "fc") == {"fc1", "fc2", "fc3"}
+    assert state_lib.trained_layers(vgg, "last") == {"fc3"}
+    for mode in ("all", "fc", "last"):
+        assert step_lib.updates_stats(types.SimpleNamespace(finetune=mode)) == (mode == "all")
+
+
+@pytest.mark.parametrize("mode,trained_layers", [("last", {"fc"}), ("all", None)])
+def test_finetune_modes_freeze_layers_and_statistics(trained, tmp_path, mode, trained_layers):
+    """last (= fc, above): only fc moves, every other layer and every BatchNorm statistic stays
+    bit-identical; all: every layer and every statistic moves."""
     wd = tmp_path / mode
     proc = run_train(wd, *RESNET, f"--config.init_from={trained}", f"--config.finetune={mode}",
                      "--config.total_steps=6", "--config.eval_every_steps=6",
                      "--config.checkpoint_every_steps=6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     before, after = read_state(trained, 40), read_state(wd, 6)
+    assert set(after["params"]) == set(before["params"])
     for layer, leaves in after["params"].items():
         for name, x in leaves.items():
-            trained_layer = mode == "all" or layer == "fc"
+            trained_layer = trained_layers is None or layer in trained_layers
             assert np.array_equal(x, before["params"][layer][name]) != trained_layer, \
                 (mode, layer, name)
-    same_stats = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["stats"]),
-                                                          jax.tree.leaves(before["stats"])))
-    assert same_stats == (mode != "all")       # a frozen backbone keeps its statistics
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["stats"]),
+                                                 jax.tree.leaves(before["stats"]), strict=True)]
+    assert same and all(same) == (mode != "all") and any(same) == (mode != "all")
