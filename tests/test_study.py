@@ -577,6 +577,11 @@ def test_toy_study_end_to_end_interrupted_resumed_and_cached(tmp_path):
                 assert probs.shape == (budget["test_size"], 16)
                 np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
                 assert ft[f"{e}/top1"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+            # each evaluation scored what it names: the dense protocol other views of the test
+            # birds, the shifted split other images
+            np.testing.assert_array_equal(z["test_dense/labels"], z["test/labels"])
+            assert np.abs(z["test_dense/probs"] - z["test/probs"]).max() > 1e-5
+            assert np.abs(z["test_shifted/probs"] - z["test/probs"]).max() > 1e-5
     # the report: the claim's rows are the runs' results, seed by seed, its effect their t
     # interval and its verdict the rule's
     report_md = (out / "claims.md").read_text()
