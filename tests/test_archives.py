@@ -1,7 +1,9 @@
 """The official distributions of CUB-200-2011, Oxford 102 Flowers, Oxford-IIIT Pets and
 ILSVRC-2012, read with no TensorFlow: tiny archives in the official layouts (real file names,
 JPEGs, .mat files, nested tars), read end to end and trained from for a few steps; the index
-cache; and the one-line errors for wrong layouts."""
+cache; and the one-line errors for wrong layouts. Every image is painted with its class
+(test_sources.label_colour) and CUB's with its box, so every example of every split is read
+back and checked against the label (and box) the reader pairs it with."""
 
 import io
 import logging
@@ -17,18 +19,12 @@ import scipy.io
 from conftest import tiny_config
 from deep_image.data import listing, official, pipeline, sources
 from deep_image.data.errors import DataError
-from test_sources import _jpeg, _train_steps
-
-COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]      # BGR, one per class
+from test_sources import (BOX_GREY, _jpeg, _train_steps, assert_pixels_match_labels,
+                          decode_label, label_colour)
 
 
 def _source(name, root, split):
     return sources.get_source(tiny_config(data__source=name, data__root=str(root)).data, split)
-
-
-def _labels_match(src):
-    """labels() (from the lists) equals the labels the examples carry."""
-    assert list(src.labels()) == [src[i]["label"] for i in range(len(src))]
 
 
 def _one_line_error(name, root, split, *needles):
@@ -48,9 +44,10 @@ def _tgz(archive, members):
 
 
 def _jpeg_bytes(k):
+    """A JPEG of class k, as bytes."""
     image = np.zeros((40, 48, 3), np.uint8)
-    image[:] = COLOURS[k]
-    return cv2.imencode(".jpg", image)[1].tobytes()
+    image[:] = label_colour(k)
+    return cv2.imencode(".jpg", image[..., ::-1])[1].tobytes()
 
 
 def _tar(path, files, mode="w"):
@@ -67,19 +64,26 @@ def _tar(path, files, mode="w"):
 CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
 
 
+def _cub_box(i):
+    """Image i's box as bounding_boxes.txt has it (x, y, width, height): another for each."""
+    return (5 + 3 * i, 6 + 2 * (i % 4), 30 + i, 24 + 2 * (i % 3))
+
+
 def _cub(tmp_path):
-    """CUB_200_2011.tgz: 12 images, the first of each class in test; boxes x y w h."""
+    """CUB_200_2011.tgz: 12 images (image i of class i % 3, painted so, its box painted grey),
+    the first of each class in test."""
     build = tmp_path / "build" / "CUB_200_2011"
     lists = {f: [] for f in ("images", "image_class_labels", "train_test_split",
                              "bounding_boxes")}
     for i in range(12):
         k, n = i % 3, i + 1
         rel = f"{CUB_CLASSES[k]}/{CUB_CLASSES[k][4:]}_{i:04d}_{796000 + i}.jpg"
-        _jpeg(build / "images" / rel, colour=COLOURS[k])
+        x, y, w, h = _cub_box(i)
+        _jpeg(build / "images" / rel, label=k, box=(x, y, x + w, y + h))
         lists["images"].append(f"{n} {rel}")
         lists["image_class_labels"].append(f"{n} {k + 1}")
         lists["train_test_split"].append(f"{n} {int(i >= 3)}")
-        lists["bounding_boxes"].append(f"{n} {2.0 + i} 6.0 40.0 30.5")
+        lists["bounding_boxes"].append(f"{n} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
     for f, lines in lists.items():
         (build / f"{f}.txt").write_text("\n".join(lines) + "\n")
     (build / "classes.txt").write_text(
@@ -98,22 +102,30 @@ def test_cub_from_its_tgz_or_unpacked_with_boxes(tmp_path, caplog):
         train = _source("cub", data, "train")
     assert "unpacking" in caplog.text and ".deep_image" in caplog.text
     assert train.class_names == CUB_CLASSES and len(train) == 9
-    assert list(train.labels()) == [0, 1, 2] * 3
-    _labels_match(train)
-    ex = train[0]                                    # image 4: x 5, y 6, w 40, h 30.5
-    assert ex["bbox"] == (5.0, 6.0, 45.0, 36.5) and ex["image"].shape == (60, 80, 3)
-    assert list(_source("cub", data, "test").labels()) == [0, 1, 2]
+    ex = train[0]                                    # image 4: x 14, y 12, w 33, h 24
+    assert ex["bbox"] == (14.0, 12.0, 47.0, 36.0) and ex["image"].shape == (60, 80, 3)
+    # every example: the class painted in it, the box painted in it
+    assert assert_pixels_match_labels(train, boxes=True) == [0, 1, 2] * 3
+    test = _source("cub", data, "test")
+    assert assert_pixels_match_labels(test, boxes=True) == [0, 1, 2]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         again = _source("cub", data, "train")        # unpacked once, reused
     assert "unpacking" not in caplog.text and len(again) == 9
     for root in (build, build.parent):               # the unpacked folder, or its parent
-        src = _source("cub", root, "train")
-        assert src.class_names == CUB_CLASSES and list(src.labels()) == [0, 1, 2] * 3
-    # the "Ours+BBox" protocol's input: the test images cut to their boxes
+        for split, labels in (("train", [0, 1, 2] * 3), ("test", [0, 1, 2])):
+            src = _source("cub", root, split)
+            assert src.class_names == CUB_CLASSES
+            assert assert_pixels_match_labels(src, boxes=True) == labels
+    # the evaluation batches: each image with its own label; the "Ours+BBox" protocol's
+    # input: the test images cut to their boxes, so nothing but the box's grey is left
     config = tiny_config(data__source="cub", data__root=str(data))
-    batch = next(iter(pipeline.EvalData(_source("cub", data, "test"), config, use_box=True)))
+    batch = next(iter(pipeline.EvalData(test, config, cache=False)))
+    assert [decode_label(im) for im in batch["image"][:3]] == batch["label"][:3].tolist()
+    batch = next(iter(pipeline.EvalData(test, config, use_box=True, cache=False)))
     assert batch["mask"].sum() == 3 and batch["image"].shape[1:] == (32, 32, 3)
+    grey = np.abs(batch["image"][:3].astype(int) - BOX_GREY).max(-1) < 20
+    assert grey.mean() > 0.97, grey.mean()
     _train_steps(tmp_path / "run", data__source="cub", data__root=str(data),
                  data__train_split="train", data__eval_split="test", data__val_split="")
 
@@ -136,7 +148,7 @@ def _flowers(tmp_path):
     data.mkdir(parents=True)
     labels = [1 + i % 3 for i in range(12)]           # image i + 1 is of class i % 3
     for i in range(12):
-        _jpeg(build / "jpg" / f"image_{i + 1:05d}.jpg", colour=COLOURS[i % 3])
+        _jpeg(build / "jpg" / f"image_{i + 1:05d}.jpg", label=i % 3)
     _tgz(data / "102flowers.tgz", {"jpg": build / "jpg"})
     scipy.io.savemat(data / "imagelabels.mat", {"labels": np.array([labels], np.uint8)})
     scipy.io.savemat(data / "setid.mat", {k: np.array([v], np.uint16)
@@ -150,8 +162,8 @@ def test_flowers_from_its_tgz_and_mat_files(tmp_path):
     for split, key in official.FLOWERS_SPLITS.items():
         src = _source("flowers102", data, split)
         sizes[split] = len(src)
-        assert list(src.labels()) == [(i - 1) % 3 for i in FLOWER_SETS[key]]   # setid order
-        _labels_match(src)
+        # setid.mat's order; each image showing the class imagelabels.mat gives it
+        assert assert_pixels_match_labels(src) == [(i - 1) % 3 for i in FLOWER_SETS[key]]
     assert sizes == {"train": 6, "validation": 3, "test": 3}
     names = src.class_names
     assert len(names) == 102
@@ -186,7 +198,7 @@ def _pets(tmp_path):
     lists = {"trainval": [], "test": []}
     for k, (breed, species) in enumerate(PET_BREEDS):
         for n in range(1, 5):
-            _jpeg(build / "images" / f"{breed}_{n}.jpg", colour=COLOURS[k])
+            _jpeg(build / "images" / f"{breed}_{n}.jpg", label=k)
             line = f"{breed}_{n} {k + 1} {species} {k + 1}"
             lists["test" if n == 4 else "trainval"].append(line)
     (build / "images" / "Abyssinian_100.mat").write_bytes(b"not an image, in the archive")
@@ -205,9 +217,8 @@ def test_pets_from_its_tar_gz_files(tmp_path):
     train, test = _source("pets", data, "train"), _source("pets", data, "test")
     assert train.class_names == [b for b, _ in PET_BREEDS]
     assert len(train) == 9 and len(test) == 3
-    assert list(train.labels()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    _labels_match(train)
-    assert _colour_class(train[3]) == 1                           # american_bulldog's colour
+    assert assert_pixels_match_labels(train) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert assert_pixels_match_labels(test) == [0, 1, 2]
     _train_steps(tmp_path / "run", data__source="pets", data__root=str(data),
                  data__train_split="train", data__eval_split="test", data__val_split="")
 
@@ -257,23 +268,17 @@ def _imagenet(tmp_path, per_class=4):
     return data
 
 
-def _colour_class(example):
-    """Which of COLOURS (BGR) the RGB image shows."""
-    rgb = example["image"][example["image"].shape[0] // 2, -1]    # _jpeg's right half
-    return int(np.argmin([np.abs(rgb[::-1].astype(int) - c).sum() for c in COLOURS]))
-
-
 def test_imagenet_from_its_tars_read_in_place(tmp_path):
     data = _imagenet(tmp_path)
     train = _source("imagenet", data, "train")
     assert train.class_names == WNIDS and len(train) == 12
-    assert list(train.labels()) == [0] * 4 + [1] * 4 + [2] * 4
-    assert all(_colour_class(train[i]) == train[i]["label"] for i in range(12))
-    val = _source("imagenet", data, "validation")
-    assert val.class_names == WNIDS and list(val.labels()) == VAL_CLASSES
-    assert all(_colour_class(val[i]) == val[i]["label"] for i in range(6))
+    assert assert_pixels_match_labels(train) == [0] * 4 + [1] * 4 + [2] * 4
+    val = _source("imagenet", data, "validation")                # labels via the devkit
+    assert val.class_names == WNIDS and assert_pixels_match_labels(val) == VAL_CLASSES
     holdout = _source("imagenet", data, "train[:1]")             # a per-class slice
-    assert sorted(holdout.labels()) == [0, 1, 2]
+    assert sorted(assert_pixels_match_labels(holdout)) == [0, 1, 2]
+    assert sorted(assert_pixels_match_labels(_source("imagenet", data, "train[1:]"))) == (
+        [0] * 3 + [1] * 3 + [2] * 3)
     assert not (data / official.DEVKIT).exists()                 # unpacked beside, not over
     _train_steps(tmp_path / "run", data__source="imagenet", data__root=str(data),
                  data__train_split="train", data__eval_split="validation", data__val_split="")
@@ -284,12 +289,12 @@ def test_imagenet_unpacked_folders(tmp_path):
     for split, n in (("train", 3), ("val", 1)):
         for k, w in enumerate(WNIDS):
             for j in range(n):
-                _jpeg(root / split / w / f"{w}_{j}.JPEG", colour=COLOURS[k])
+                _jpeg(root / split / w / f"{w}_{j}.JPEG", label=k)
     train, val = _source("imagenet", root, "train"), _source("imagenet", root, "validation")
     assert train.class_names == val.class_names == WNIDS
-    assert list(train.labels()) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and list(val.labels()) == [0, 1, 2]
-    _labels_match(train)
-    _jpeg(root / "train" / WNIDS[2] / "new.JPEG")                 # the folder changed
+    assert assert_pixels_match_labels(train) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert assert_pixels_match_labels(val) == [0, 1, 2]
+    _jpeg(root / "train" / WNIDS[2] / "new.JPEG", label=2)        # the folder changed
     assert len(_source("imagenet", root, "train")) == 10
 
 
@@ -346,7 +351,7 @@ def test_listed_source_reads_tar_members_in_place_and_pickles(tmp_path):
     src = listing.ListedSource("plain", ["x"], [0, 0], index["names"],
                                 tar=str(tmp_path / "plain.tar"), offsets=index["offsets"],
                                 sizes=index["sizes"])
-    assert _colour_class(src[0]) == 0 and src[1] is None and src.skips.count == 1
+    assert decode_label(src[0]["image"]) == 0 and src[1] is None and src.skips.count == 1
     copy = pickle.loads(pickle.dumps(src))        # what Grain's worker processes get
-    assert copy.skips.count == 0 and _colour_class(copy[0]) == 0
+    assert copy.skips.count == 0 and decode_label(copy[0]["image"]) == 0
     assert list(copy.labels()) == [0, 0]

@@ -1,36 +1,132 @@
 """Every benchmark's reader, on data the tests make: TFDS mock data for the TFDS datasets, tiny
 archives in the official layouts for FGVC-Aircraft and MIT Indoor 67, and an image folder with
-every kind of bad file. A few training steps run from each source."""
+every kind of bad file. Fixture images carry their class in their pixels (`label_colour`), so
+every example a reader returns is checked against the label it pairs it with. A few training
+steps run from each source, and the reported top-1 is counted again by hand."""
 
 import logging
 import os
 import shutil
 
 import cv2
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import run_train, tiny_config
-from deep_image.data import archives, decode, sources
+from deep_image.data import archives, decode, pipeline, sources, transforms
 from deep_image.data.errors import DataError
 from deep_image.training import loop
+from deep_image.training.checkpoint import Trained
+
+# ----------------------------------------------------------------------------- label codes
+# Class k is painted in RGB with channel b bright (HIGH) when bit b of k is set, else dark (LOW):
+# 8 classes at most, 175 levels apart, which JPEG never confuses. Boxes are painted BOX_GREY,
+# which is no class's colour (87+ levels from every code value).
+LOW, HIGH, BOX_GREY = 40, 215, 128
 
 
-def _jpeg(path, h=60, w=80, colour=(0, 128, 255), banner=0):
+def label_colour(k):
+    """The RGB colour of class k."""
+    if not 0 <= k < 8:
+        raise ValueError(f"class {k}: the code has 3 bits")
+    return tuple(HIGH if k >> b & 1 else LOW for b in range(3))
+
+
+def decode_label(image):
+    """The class an RGB image's pixels encode: the code of most of its pixels that are clearly
+    low or high in every channel (box grey and blurred edges are neither)."""
+    px = image.reshape(-1, 3).astype(int)
+    coded = px[np.all(np.abs(px - 127.5) > 50, axis=1)]
+    assert len(coded) > 0.2 * len(px), "the image shows no label code"
+    codes = (coded > 127.5) @ np.array([1, 2, 4])
+    counts = np.bincount(codes, minlength=8)
+    assert counts.max() > 0.95 * len(codes), f"more than one class painted: {counts}"
+    return int(counts.argmax())
+
+
+def box_in_pixels(image):
+    """(xmin, ymin, xmax, ymax) of the BOX_GREY pixels (exclusive max)."""
+    grey = np.all(np.abs(image.astype(int) - BOX_GREY) < 30, axis=2)
+    ys, xs = np.flatnonzero(grey.any(1)), np.flatnonzero(grey.any(0))
+    assert len(ys) and len(xs), "no box painted"
+    return (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
+
+
+def assert_pixels_match_labels(src, *, boxes=False):
+    """Every example of `src`: its pixels' class is its label (and labels() says the same);
+    with `boxes`, the box it carries is the one painted in it (to a pixel: JPEG blurs edges)."""
+    labels = []
+    for i in range(len(src)):
+        ex = src[i]
+        assert decode_label(ex["image"]) == ex["label"], (src, i, ex["label"])
+        labels.append(ex["label"])
+        if boxes:
+            painted = box_in_pixels(ex["image"])
+            assert np.abs(np.subtract(painted, ex["bbox"])).max() <= 1, (i, painted, ex["bbox"])
+    assert list(src.labels()) == labels
+    return labels
+
+
+def _jpeg(path, h=60, w=80, label=0, box=None, banner=0):
+    """A JPEG of class `label` (its colour everywhere), a grey `box` (xmin, ymin, xmax, ymax)
+    and a white strip of `banner` rows at the bottom (FGVC's copyright banner)."""
     image = np.zeros((h, w, 3), np.uint8)
-    image[:] = colour
-    image[:, : w // 2] = 255 - np.asarray(colour)
+    image[:] = label_colour(label)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        image[y0:y1, x0:x1] = BOX_GREY
     if banner:
-        image[-banner:] = 255      # the white copyright strip
+        image[-banner:] = 255
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    cv2.imwrite(str(path), image)
+    assert cv2.imwrite(str(path), image[..., ::-1])         # OpenCV writes BGR
 
 
-def _train_steps(workdir, **overrides):
-    config = tiny_config(total_steps=3, eval_every_steps=3, checkpoint_every_steps=3,
+def _hand_top1(workdir, config, coded):
+    """The top-1 of the run's final model on its eval split, counted here: each example's
+    centre crop through the model, its argmax against the label its pixels encode (`coded`)
+    or the source's label. Also how many examples were within float noise of a tie."""
+    trained = Trained(str(workdir))
+    src = sources.get_source(config.data, config.data.eval_split)
+    crops, truth = [], []
+    for i in range(len(src)):
+        ex = src[i]
+        if ex is None:
+            continue
+        crops.append(transforms.eval_transform(ex, scale=config.data.scale,
+                                               crop=config.data.crop)["image"])
+        truth.append(decode_label(ex["image"]) if coded else ex["label"])
+    x = (np.stack(crops) / 255.0 - np.array(config.data.mean)) / np.array(config.data.std)
+    logits = np.asarray(trained.model.apply(trained.params, jnp.asarray(x, jnp.float32),
+                                            stats=trained.stats))
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    ties = int((top2[:, 1] - top2[:, 0] < 1e-4).sum())
+    return float(np.mean(logits.argmax(1) == np.array(truth))), len(truth), ties
+
+
+# Enough training to tell the fixtures' colours apart: VGG-11 x1/8, no dropout, gradients clipped
+# (the tiny net's loss spikes without), batch 4. The FGVC fixture reached top-1 1.0 at 40 steps
+# under each of seeds 0-3; 60 for a margin.
+LEARN = dict(total_steps=60, model__width=1 / 8, model__dropout_rate=0.0,
+             optimizer__grad_clip_norm=1.0)
+
+
+def _train_steps(workdir, *, total_steps=3, coded=("train", "eval"), **overrides):
+    """`total_steps` training steps from a source. The training batches carry their images' own
+    labels (when the train split is `coded`), and the reported top-1 equals a count by hand
+    (against the pixels' labels when the eval split is `coded`)."""
+    steps = total_steps
+    config = tiny_config(total_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps,
                          batch_size=4, eval_batch_size=4, **overrides)
+    if "train" in coded:
+        train = sources.get_source(config.data, config.data.train_split)
+        batch = next(iter(pipeline.train_dataset(train, config)))
+        assert [decode_label(im) for im in batch["image"]] == batch["label"].tolist()
     result = loop.train_and_evaluate(config, str(workdir))
-    assert result["step"] == 3 and 0.0 <= result["eval/top1"] <= 1.0
+    assert result["step"] == steps
+    top1, n, ties = _hand_top1(workdir, config, "eval" in coded)
+    assert result["eval/examples"] == n
+    assert abs(result["eval/top1"] - top1) <= ties / n + 1e-6, (result["eval/top1"], top1)
     return result
 
 
@@ -58,7 +154,7 @@ def test_tfds_sources_on_mock_data(tmp_path, name, classes, train, test):
         if name == "cub":
             assert len(ex["bbox"]) == 4     # pixels; mock boxes are random, so no order
         # mock images are 5-49 px, smaller than the 32 px crop: resized up, never a crash
-        _train_steps(tmp_path, data__source=name, data__train_split=train,
+        _train_steps(tmp_path, coded=(), data__source=name, data__train_split=train,
                      data__eval_split=test, data__val_split="")
 
 
@@ -70,22 +166,32 @@ def test_tfds_not_prepared_says_how(tmp_path):
 
 # ----------------------------------------------------------------------------- FGVC-Aircraft
 
+def _fgvc_box(i):
+    """Image i's box (xmin, ymin, xmax, ymax): another for every image, above the banner, and
+    over 40x40 pixels (test_evaluation's reference shrinks it to 40x40 with INTER_AREA)."""
+    x0, y0 = 4 + 2 * i, 4 + 2 * (i % 4)
+    return (x0, y0, x0 + 44, y0 + 40 + 2 * (i % 3))
+
+
 def _fgvc(root, missing=()):
+    """15 images, image i of class i % 3 (painted so), its own box, the banner at the bottom.
+    test: images 0-2 and 12-14; train: the odd ones of 3-11, val: the even ones."""
     data = root / "fgvc-aircraft-2013b" / "data"
     classes = ["707-320", "A300B4", "Cessna 172"]
     data.mkdir(parents=True)
     (data / "variants.txt").write_text("\n".join(classes) + "\n")
     lines = {"train": [], "val": [], "trainval": [], "test": []}
     boxes = []
-    for i in range(12):
+    for i in range(15):
         name = f"{1000000 + i:07d}"
         # the official lists: trainval is train + val
-        splits = ("test",) if i % 3 == 0 else ("train" if i % 2 else "val", "trainval")
+        splits = ("test",) if i < 3 or i >= 12 else ("train" if i % 2 else "val", "trainval")
         for split in splits:
             lines[split].append(f"{name} {classes[i % 3]}")
-        boxes.append(f"{name} 5 6 70 50")
+        boxes.append(f"{name} " + " ".join(map(str, _fgvc_box(i))))
         if name not in missing:
-            _jpeg(data / "images" / f"{name}.jpg", h=80, banner=archives.FGVC_BANNER_PIXELS)
+            _jpeg(data / "images" / f"{name}.jpg", h=80, label=i % 3, box=_fgvc_box(i),
+                  banner=archives.FGVC_BANNER_PIXELS)
     for split, ls in lines.items():
         (data / f"images_variant_{split}.txt").write_text("\n".join(ls) + "\n")
     (data / "images_box.txt").write_text("\n".join(boxes) + "\n")
@@ -93,35 +199,40 @@ def _fgvc(root, missing=()):
 
 
 def test_fgvc_aircraft_layout_banner_boxes_and_missing_files(tmp_path, caplog):
-    root, classes = _fgvc(tmp_path, missing={"1000001"})
+    root, classes = _fgvc(tmp_path, missing={"1000004"})
     with caplog.at_level(logging.WARNING):
         src = archives.fgvc_aircraft(str(root), "trainval")
     assert src.class_names == classes
-    assert len(src) == 7 and src.skips.count == 1             # 8 listed, one missing
-    assert "1000001.jpg (listed but missing)" in caplog.text
-    ex = src[0]
+    assert len(src) == 8 and src.skips.count == 1             # 9 listed, one missing
+    assert "1000004.jpg (listed but missing)" in caplog.text
+    ex = src[0]                                                # image 3
     assert ex["image"].shape == (80 - archives.FGVC_BANNER_PIXELS, 80, 3)
     assert ex["image"][-1].max() < 250                         # the banner is gone
-    assert ex["bbox"] == (5.0, 6.0, 70.0, 50.0)
-    names = [line.split(" ", 1)[1] for line in
-             (root / "data" / "images_variant_trainval.txt").read_text().splitlines()]
-    present = [n for line, n in zip((root / "data" / "images_variant_trainval.txt")
-                                    .read_text().splitlines(), names)
-               if not line.startswith("1000001")]
-    assert [classes[src[i]["label"]] for i in range(len(src))] == present
-    _train_steps(tmp_path / "run", data__source="aircraft", data__root=str(root),
-                 data__train_split="trainval", data__eval_split="test", data__val_split="")
+    assert ex["bbox"] == (10.0, 10.0, 54.0, 50.0)              # images_box.txt, as listed
+    # every example of every split: the class its pixels show, the box painted in it
+    expected = {"train": [0, 2, 1, 0, 2], "val": [0, 2, 1], "trainval": [0, 2, 0, 1, 2, 0, 1, 2],
+                "test": [0, 1, 2, 0, 1, 2]}                    # by hand from the lists
+    for split, labels in expected.items():
+        assert assert_pixels_match_labels(archives.fgvc_aircraft(str(root), split),
+                                          boxes=True) == labels, split
+    # eval/top1 = 1 on six test images (chance: 1/3): trained long enough to learn the
+    # colours, the test split's labels mean what the training split's do
+    result = _train_steps(tmp_path / "run", **LEARN, data__source="aircraft",
+                          data__root=str(root), data__train_split="trainval",
+                          data__eval_split="test", data__val_split="")
+    assert result["eval/top1"] == 1.0, result
 
 
 # ----------------------------------------------------------------------------- MIT Indoor 67
 
 def _indoor(root):
+    """4 images per class, painted with their class; the first of each is in the test list."""
     classes = ["airport_inside", "bakery", "bar"]
     train, test = [], []
-    for c in classes:
+    for k, c in enumerate(classes):
         for i in range(4):
             rel = f"{c}/img_{i}.jpg"
-            _jpeg(root / "Images" / rel)
+            _jpeg(root / "Images" / rel, label=k)
             (test if i == 0 else train).append(rel)
     (root / "TrainImages.txt").write_text("\n".join(train) + "\n")
     (root / "TestImages.txt").write_text("\n".join(test) + "\n")
@@ -132,8 +243,8 @@ def test_mit_indoor67_layout(tmp_path):
     root, classes = _indoor(tmp_path / "indoor")
     src = archives.mit_indoor67(str(root), "train")
     assert src.class_names == classes and len(src) == 9
-    assert [src[i]["label"] for i in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert len(archives.mit_indoor67(str(root), "test")) == 3
+    assert assert_pixels_match_labels(src) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert assert_pixels_match_labels(archives.mit_indoor67(str(root), "test")) == [0, 1, 2]
     _train_steps(tmp_path / "run", data__source="indoor67", data__root=str(root),
                  data__eval_split="test", data__val_split="")
 
@@ -156,8 +267,8 @@ def _bad_folder(root):
     cv2.imwrite(str(odd / "deep.png"), np.full((10, 12, 3), 40000, np.uint16))
     cv2.imwrite(str(odd / "tiny.jpg"), np.zeros((5, 5, 3), np.uint8))
     for split in ("test",):
-        _jpeg(root / split / "good" / "c.jpg")
-        _jpeg(root / split / "odd" / "d.jpg")
+        _jpeg(root / split / "good" / "c.jpg", label=0)
+        _jpeg(root / split / "odd" / "d.jpg", label=1)
 
 
 def test_bad_images_decode_or_are_skipped_and_counted(tmp_path, caplog):
@@ -178,8 +289,9 @@ def test_bad_images_decode_or_are_skipped_and_counted(tmp_path, caplog):
     assert out["gray.png"]["image"][0, 0].tolist() == [90, 90, 90]
     assert out["cmyk.jpg"]["image"][0, 0, 1] < 60 and out["cmyk.jpg"]["image"][0, 0, 0] > 200
     assert all(out[n]["label"] == 1 for n in ("cmyk.jpg", "gray.png", "tiny.jpg"))
-    _train_steps(tmp_path / "run", data__source="folder", data__root=str(root),
-                 data__eval_split="test", data__val_split="")
+    assert assert_pixels_match_labels(archives.image_folder(str(root), "test")) == [0, 1]
+    _train_steps(tmp_path / "run", coded=("eval",), data__source="folder",
+                 data__root=str(root), data__eval_split="test", data__val_split="")
 
 
 def test_missing_dataset_directory_fails_at_start_with_how_to(tmp_path):
