@@ -8,6 +8,7 @@ import json
 import hashlib
 import importlib.util
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -34,10 +35,28 @@ def _experiments():
 
 
 def _members(split_name, labels):
-    """The example indices a split name selects (an independent reading of the grammar)."""
-    s = splits.parse(split_name)
-    return set(range(len(labels))) if s.head is None else set(
-        splits.stratified_indices(labels, s).tolist())
+    """The example indices a split name selects, read here from data/splits.py's documented
+    rule without its code: SPLIT is every example; per class (its examples in index order,
+    shuffled by numpy's permutation seeded with (20150506, class id)), SPLIT[:N] keeps the
+    first min(N, n), SPLIT[:P%] the first round(n P / 100) but at least one and all but one
+    (a class of one: round(P / 100)), and SPLIT[N:], SPLIT[P%:] the rest."""
+    m = re.fullmatch(r"[^\[\]]+\[([0-9.]*%?):([0-9.]*%?)\]", split_name)
+    if m is None:
+        return set(range(len(labels)))
+    head, text = (True, m[2]) if m[2] else (False, m[1])
+    labels = list(labels)
+    out = set()
+    for c in sorted(set(labels)):
+        members = [i for i, label in enumerate(labels) if label == c]
+        n = len(members)
+        shuffled = [members[j] for j in np.random.default_rng((20150506, c)).permutation(n)]
+        if text.endswith("%"):
+            k = round(n * float(text[:-1]) / 100)
+            k = min(max(k, 1), n - 1) if n >= 2 else k
+        else:
+            k = min(int(text), n)
+        out |= set(shuffled[:k] if head else shuffled[k:])
+    return out
 
 
 EXPERIMENTS = _experiments()
@@ -108,11 +127,51 @@ def test_overlaps_of_slices():
     assert not splits.overlaps("train", "test")
 
 
+# Classes 0-4 of 3, 7, 2, 1 and 16 examples, in no order; per class, how many of them each
+# prefix holds, by hand: 10%: 0.3, 0.7, 0.2 -> 0 -> at least 1, 1 example -> round(0.1) = 0,
+# 1.6 -> 2; 40%: 1.2, 2.8, 0.8 -> 1 (and all but one of 2), 0.4 -> 0, 6.4; 60%: 1.8, 4.2, 1.2,
+# 0.6 -> 1 (the class of one goes to the head), 9.6; 2: two, but the one of class 3.
+HAND_LABELS = [4, 1, 0, 4, 2, 1, 4, 4, 3, 1, 4, 0, 4, 1, 4, 4, 2, 1, 4, 4, 1, 0, 4, 4, 4, 1,
+               4, 4, 4]
+HAND_HEADS = {"train[:10%]": [1, 1, 1, 0, 2], "train[:40%]": [1, 3, 1, 0, 6],
+              "train[:60%]": [2, 4, 1, 1, 10], "train[:2]": [2, 2, 2, 1, 2]}
+
+
+@pytest.mark.parametrize("head", sorted(HAND_HEADS))
+def test_holdout_slices_of_a_hand_written_label_list(head):
+    labels = np.array(HAND_LABELS)
+    assert np.bincount(labels).tolist() == [3, 7, 2, 1, 16]
+    tail = head.replace("[:", "[").replace("]", ":]")            # train[:10%] -> train[10%:]
+    got = {n: splits.stratified_indices(labels, splits.parse(n)) for n in (head, tail)}
+    assert np.bincount(labels[got[head]], minlength=5).tolist() == HAND_HEADS[head]
+    for name, indices in got.items():         # the very examples the rule, written out, picks
+        assert indices.tolist() == sorted(_members(name, labels)), name
+        assert list(indices) == sorted(set(indices.tolist()))  # ascending, no repeats
+    assert sorted(got[head].tolist() + got[tail].tolist()) == list(range(len(labels)))
+    # a source's slice serves those examples, with their labels
+    class Listed:
+        class_names = [str(c) for c in range(5)]
+
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):
+            return {"index": i, "label": int(labels[i])}
+
+        def labels(self):
+            return labels
+    sliced = splits.select(Listed(), head)
+    assert [sliced[j]["index"] for j in range(len(sliced))] == sorted(_members(head, labels))
+    assert sliced.labels().tolist() == [sliced[j]["label"] for j in range(len(sliced))]
+
+
 def test_holdout_is_disjoint_stratified_and_fixed():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 7, 1000)
     head = splits.stratified_indices(labels, splits.parse("train[:10%]"))
     tail = splits.stratified_indices(labels, splits.parse("train[10%:]"))
+    assert set(head.tolist()) == _members("train[:10%]", labels)
+    assert set(tail.tolist()) == _members("train[10%:]", labels)
     assert not set(head) & set(tail) and len(head) + len(tail) == 1000
     for c in range(7):
         n = int((labels == c).sum())
