@@ -52,8 +52,10 @@ class Params:
     """One draw of every op; None means the op is not applied to this image."""
     crop: tuple[int, int] | None = None              # (y, x) offset
     flip: bool = False
-    rotation: int | None = None                      # degrees
-    lens: tuple[str, int] | None = None              # (type, degree)
+    rotation: int | None = None                      # degrees, > 0: counter-clockwise as
+                                                     # displayed (OpenCV's sign)
+    lens: tuple[str, int] | None = None              # (type, degree); barrel pulls points
+                                                     # towards the centre, pincushion out
     color_cast: tuple[int, int, int] | None = None   # per-channel shifts, 0 = unaltered
     vignette: tuple[float, float] | None = None      # (start radius, strength)
 
