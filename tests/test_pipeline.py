@@ -1,11 +1,12 @@
 """The Grain pipeline: exact resume from the iterator state, per-process slices, eval padding,
-and the in-memory cache."""
+the in-memory cache, and resize='shorter_side' at training and evaluation (read off images
+whose pixels encode their coordinates)."""
 
 import numpy as np
 import pytest
 
 from conftest import tiny_config
-from deep_image.data import pipeline, sources
+from deep_image.data import pipeline, sources, transforms
 
 
 class IndexSource:
@@ -97,3 +98,88 @@ def test_cache_serves_the_same_images():
     b = iter(pipeline.train_dataset(source, cached))
     for _ in range(3):
         np.testing.assert_array_equal(next(a)["image"], next(b)["image"])
+
+
+# ----------------------------------------------------------------------------- shorter side
+
+class RampSource:
+    """Images whose pixels say where they are: red = 2 x column, green = 2 x row (so under any
+    linear or area resize a pixel's value still gives its place); landscape 60x90 at even
+    indices, portrait 90x60 at odd ones."""
+
+    class_names = ["landscape", "portrait"]
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        h, w = (60, 90) if i % 2 == 0 else (90, 60)
+        yy, xx = np.mgrid[0:h, 0:w]
+        image = np.stack([2 * xx, 2 * yy, np.full_like(xx, 100)], -1).astype(np.uint8)
+        return {"image": image, "label": i % 2}
+
+
+def _geometry(crop):
+    """(source pixels per crop pixel along x, along y, top-left offset x, y in the resized
+    image), read from a RampSource crop. At shorter side 40, 60 -> 40: 1.5 source pixels per
+    output pixel and resized pixel j shows source column 1.5 j + 0.25, red 3 j + 0.5."""
+    crop = crop.astype(np.float64)
+    ax, bx = np.polyfit(np.arange(crop.shape[1]), crop[:, :, 0].mean(0), 1)
+    ay, by = np.polyfit(np.arange(crop.shape[0]), crop[:, :, 1].mean(1), 1)
+    return ax / 2, ay / 2, (bx - 0.5) / 3, (by - 0.5) / 3
+
+
+def test_shorter_side_resize_keeps_the_aspect_ratio():
+    # by hand: shorter side -> 40, the other side x the same factor, rounded
+    for (h, w), (out_h, out_w) in [((60, 90), (40, 60)), ((90, 60), (60, 40)),
+                                   ((45, 45), (40, 40)), ((30, 100), (40, 133)),
+                                   ((41, 60), (40, 59)), ((40, 70), (40, 70))]:
+        image = np.zeros((h, w, 3), np.uint8)
+        assert transforms.resize(image, 40, "shorter_side").shape == (out_h, out_w, 3), (h, w)
+        assert transforms.resize(image, 40, "square").shape == (40, 40, 3)
+    # the content scaled alike on both axes: a ramp of slope 2 becomes one of slope 3
+    resized = transforms.resize(RampSource()[0]["image"], 40, "shorter_side")
+    ax, ay, x0, y0 = _geometry(resized[4:-4, 4:-4])
+    assert (ax, ay) == pytest.approx((1.5, 1.5), abs=0.02) and (x0, y0) == pytest.approx(
+        (4, 4), abs=0.1)
+
+
+def test_shorter_side_at_training_crops_from_the_whole_resized_image():
+    """config.data.resize='shorter_side' (imported weights' default): each training crop is 32
+    pixels of the 40x60 (or 60x40) resized image, unstretched, at any of its 8 x 28 (or
+    28 x 8) offsets, where a square resize would squash x by 90/40 and allow 8 x 8."""
+    config = tiny_config(data__resize="shorter_side", data__scale=40, data__crop=32,
+                         data__cache=False, data__augment=dict(crop=True, flip=False),
+                         batch_size=4)
+    it = iter(pipeline.train_dataset(RampSource(), config))
+    offsets = {0: set(), 1: set()}
+    for _ in range(16):
+        batch = next(it)
+        for image, label in zip(batch["image"], batch["label"], strict=True):
+            assert image.shape == (32, 32, 3)
+            ax, ay, x0, y0 = _geometry(image)
+            assert (ax, ay) == pytest.approx((1.5, 1.5), abs=0.02), (label, ax, ay)
+            assert abs(x0 - round(x0)) < 0.1 and abs(y0 - round(y0)) < 0.1, (x0, y0)
+            offsets[int(label)].add((round(x0), round(y0)))
+    for label, (wide, high) in ((0, (28, 8)), (1, (8, 28))):
+        xs, ys = [x for x, _ in offsets[label]], [y for _, y in offsets[label]]
+        assert min(xs) >= 0 and max(xs) < wide and min(ys) >= 0 and max(ys) < high, label
+        # the longer side's freedom is used: offsets beyond what the shorter side allows
+        assert max(xs if label == 0 else ys) >= 8, (label, offsets[label])
+
+
+def test_shorter_side_at_evaluation_takes_the_centre_crop():
+    config = tiny_config(data__resize="shorter_side", data__scale=40, data__crop=32,
+                         eval_batch_size=4)
+    seen = 0
+    for batch in pipeline.EvalData(RampSource(), config, cache=False):
+        for image, label, keep in zip(batch["image"], batch["label"], batch["mask"],
+                                      strict=True):
+            if not keep:
+                continue
+            seen += 1
+            ax, ay, x0, y0 = _geometry(image)
+            # by hand: 40x60 -> offsets ((40 - 32) // 2, (60 - 32) // 2) = (4, 14)
+            expected = (14, 4) if label == 0 else (4, 14)
+            assert (ax, ay, x0, y0) == pytest.approx((1.5, 1.5, *expected), abs=0.1), label
+    assert seen == 8
