@@ -59,7 +59,8 @@ def assert_pixels_match_labels(src, *, boxes=False):
     labels = []
     for i in range(len(src)):
         ex = src[i]
-        assert decode_label(ex["image"]) == ex["label"], (src, i, ex["label"])
+        shown = decode_label(ex["image"])
+        assert shown == ex["label"], f"{getattr(src, 'name', src)}[{i}] shows class {shown}"
         labels.append(ex["label"])
         if boxes:
             painted = box_in_pixels(ex["image"])
