@@ -64,7 +64,8 @@ def assert_pixels_match_labels(src, *, boxes=False):
         labels.append(ex["label"])
         if boxes:
             painted = box_in_pixels(ex["image"])
-            assert np.abs(np.subtract(painted, ex["bbox"])).max() <= 1, (i, painted, ex["bbox"])
+            assert np.abs(np.subtract(painted, ex["bbox"])).max() <= 1, (
+                f"{getattr(src, 'name', src)}[{i}] has box {ex['bbox']}, its pixels {painted}")
     assert list(src.labels()) == labels
     return labels
 
