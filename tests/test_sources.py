@@ -2,7 +2,7 @@
 archives in the official layouts for FGVC-Aircraft and MIT Indoor 67, and an image folder with
 every kind of bad file. Fixture images carry their class in their pixels (`label_colour`), so
 every example a reader returns is checked against the label it pairs it with. A few training
-steps run from each source, and the reported top-1 is counted again by hand."""
+steps run from each source, and the reported top-1 and loss are computed again by hand."""
 
 import logging
 import os
@@ -84,10 +84,11 @@ def _jpeg(path, h=60, w=80, label=0, box=None, banner=0):
     assert cv2.imwrite(str(path), image[..., ::-1])         # OpenCV writes BGR
 
 
-def _hand_top1(workdir, config, coded):
-    """The top-1 of the run's final model on its eval split, counted here: each example's
-    centre crop through the model, its argmax against the label its pixels encode (`coded`)
-    or the source's label. Also how many examples were within float noise of a tie."""
+def _hand_count(workdir, config, coded):
+    """The top-1 and the mean negative log-likelihood of the run's final model on its eval
+    split, computed here: each example's centre crop through the model, its argmax and softmax
+    against the label its pixels encode (`coded`) or the source's label; with the number of
+    examples and of those within float noise of a tie."""
     trained = Trained(str(workdir))
     src = sources.get_source(config.data, config.data.eval_split)
     crops, truth = [], []
@@ -103,7 +104,10 @@ def _hand_top1(workdir, config, coded):
                                             stats=trained.stats))
     top2 = np.sort(logits, axis=1)[:, -2:]
     ties = int((top2[:, 1] - top2[:, 0] < 1e-4).sum())
-    return float(np.mean(logits.argmax(1) == np.array(truth))), len(truth), ties
+    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+    nll = -log_p[np.arange(len(truth)), truth].mean()
+    return float(np.mean(logits.argmax(1) == np.array(truth))), float(nll), len(truth), ties
 
 
 # Enough training to tell the fixtures' colours apart: VGG-11 x1/8, no dropout, gradients clipped
@@ -115,8 +119,8 @@ LEARN = dict(total_steps=60, model__width=1 / 8, model__dropout_rate=0.0,
 
 def _train_steps(workdir, *, total_steps=3, coded=("train", "eval"), **overrides):
     """`total_steps` training steps from a source. The training batches carry their images' own
-    labels (when the train split is `coded`), and the reported top-1 equals a count by hand
-    (against the pixels' labels when the eval split is `coded`)."""
+    labels (when the train split is `coded`), and the reported top-1 and loss equal a count by
+    hand (against the pixels' labels when the eval split is `coded`)."""
     steps = total_steps
     config = tiny_config(total_steps=steps, eval_every_steps=steps, checkpoint_every_steps=steps,
                          batch_size=4, eval_batch_size=4, **overrides)
@@ -126,9 +130,12 @@ def _train_steps(workdir, *, total_steps=3, coded=("train", "eval"), **overrides
         assert [decode_label(im) for im in batch["image"]] == batch["label"].tolist()
     result = loop.train_and_evaluate(config, str(workdir))
     assert result["step"] == steps
-    top1, n, ties = _hand_top1(workdir, config, "eval" in coded)
+    top1, loss, n, ties = _hand_count(workdir, config, "eval" in coded)
     assert result["eval/examples"] == n
     assert abs(result["eval/top1"] - top1) <= ties / n + 1e-6, (result["eval/top1"], top1)
+    # the loss too: it moves with every example's label even when a barely trained net gives
+    # every image the same class (and any labelling the same top-1)
+    assert result["eval/loss"] == pytest.approx(loss, rel=1e-4, abs=1e-5)
     return result
 
 
