@@ -1,34 +1,78 @@
 """launch/slurm/train.sbatch on a real one-node SLURM (tests/slurm_cluster.py), two tasks on
 CPU: a run completes; a requeue, a preemption with grace time, `scancel --signal=TERM` and the
-time limit's notice each save, requeue and resume, and the resumed run ends with the same
-parameters and momentum as the uninterrupted one; the log is appended across requeues; a plain
-scancel stays a cancel. What each way of stopping a job does: the header of train.sbatch."""
+time limit's notice each reach the training processes mid-run, which save, and the job is
+requeued and resumes; a notice that arrives before Python handles SIGTERM kills the processes
+(exit 143) and the job is requeued and starts over. Every resumed or restarted run ends bitwise
+equal (parameters, momentum, schedule state, step, rng) to the uninterrupted one: same process
+count, same programs, same data order. The log is appended across requeues; a plain scancel
+stays a cancel. What each way of stopping a job does: the header of train.sbatch.
+
+Timing is taken out of the outcomes: the tests pause the training processes (SIGSTOP) once
+they have logged STOP_AFTER steps (or, for the exit-143 case, before they handle SIGTERM), send
+or wait for the notice, and let them continue once it is pending (or SLURM has continued them:
+it sends SIGCONT before its own notices), so a run cannot finish, or get further, before its
+notice, however slow this machine is. A requeued job is released from SLURM's 121 s hold as
+soon as nothing of its last run is left (SlurmCluster.wait(release=True)), not after a delay.
+"""
 
 import os
 import re
-import time
+import signal
 
-import jax
-import numpy as np
 import pytest
 
-from conftest import REPO
-from slurm_cluster import FINAL
-from test_multiprocess import _state
+from conftest import (REPO, HeldPort, assert_trees_equal, checkpoint_steps, logged_step,
+                      read_state_on_one_device, wait_for)
+from slurm_cluster import SlurmError, signal_caught
+
+# the cluster fixture is module-scoped: under pytest-xdist (--dist loadgroup) every test of
+# this module runs in one worker, on one cluster
+pytestmark = pytest.mark.xdist_group("slurm")
 
 STEPS = 60
 ARGS = [f"--config.total_steps={STEPS}", "--config.log_every_steps=5",
-        "--config.checkpoint_every_steps=20", f"--config.eval_every_steps={STEPS}"]
+        "--config.checkpoint_every_steps=20", f"--config.eval_every_steps={STEPS}",
+        # a paused run (up to one time-limit check, 30 s) must not count as a dead process
+        "--heartbeat_timeout=120"]
 # a node without GPUs: the script's GPU defaults overridden on the sbatch command line
 CPU = ["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1"]
+TASKS = 2
 STOP_AFTER = 10       # interrupt once this step is logged
 
 
-def _submit(cluster, workdir, *options):
+def _sbatch(cluster, workdir, port, *options):
+    """train.sbatch on the tiny config. JAX's coordinator on `port` (held by this process:
+    JAX's default port comes from the job id, which other clusters on this host share). No
+    persistent compilation cache (the suite's, which the job would inherit): JAX writes entries
+    from process 0 only, so with a warm cache process 0 would start training 30-50 s before
+    process 1 (which compiles everything) and their first collective, whose gloo rendezvous
+    waits 30 s at most, would fail on a loaded machine."""
     os.makedirs(workdir)
     return cluster.sbatch(*CPU, f"--output={workdir}/slurm-%j.out", *options,
                           "launch/slurm/train.sbatch", "experiments/synthetic.py:tiny",
-                          str(workdir), *ARGS, cwd=REPO)
+                          str(workdir), *ARGS, cwd=REPO,
+                          env={"JAX_COORDINATOR_PORT": str(port.port),
+                               "JAX_ENABLE_COMPILATION_CACHE": "false"})
+
+
+@pytest.fixture
+def submit(slurm):
+    """submit(workdir, *sbatch_options) -> job id; at the end of the test, pass or fail, its
+    jobs are killed and gone from the node (a failed test leaves nothing to the next)."""
+    jobs, ports = [], []
+
+    def _submit(workdir, *options):
+        ports.append(HeldPort())
+        jobs.append(_sbatch(slurm, workdir, ports[-1], *options))
+        return jobs[-1]
+
+    yield _submit
+    try:
+        for job in jobs:
+            slurm.cancel(job)
+    finally:
+        for port in ports:
+            port.close()
 
 
 def _log(workdir, job):
@@ -36,43 +80,24 @@ def _log(workdir, job):
     return open(path, errors="replace").read() if os.path.exists(path) else ""
 
 
-def _logged_step(workdir):
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return 0
-    return max((int(m) for m in re.findall(r'"step": (\d+)', open(path).read())), default=0)
-
-
-def _wait_for_step(cluster, job, workdir, step, timeout=180):
-    t0 = time.time()
-    while _logged_step(workdir) < step:
+def _wait_for_step(cluster, job, workdir, step, timeout=400):
+    def reached():
         state = cluster.state(job)
         assert state in ("PENDING", "CONFIGURING", "RUNNING"), (state, _log(workdir, job))
-        assert time.time() - t0 < timeout, f"step {step} not reached: {_log(workdir, job)}"
-        time.sleep(0.1)
+        return logged_step(workdir) >= step
+    wait_for(reached, timeout=timeout, what=f"step {step} of job {job}")
 
 
 def _assert_same_state(reference, workdir):
-    a, b = _state(reference, STEPS), _state(workdir, STEPS)
-    for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a),
-                                 jax.tree_util.tree_leaves_with_path(b), strict=True):
-        np.testing.assert_allclose(y, x, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-
-
-def _wait_requeued(cluster, job, workdir, timeout=180):
-    t0 = time.time()
-    while True:
-        info = cluster.job(job)
-        if info["JobState"] == "PENDING" and info["Restarts"] != "0":
-            return info
-        assert info["JobState"] not in FINAL, (info, _log(workdir, job))
-        assert time.time() - t0 < timeout, (info, _log(workdir, job))
-        time.sleep(0.2)
+    assert checkpoint_steps(workdir)[-1] == STEPS
+    assert_trees_equal(read_state_on_one_device(reference, STEPS),
+                       read_state_on_one_device(workdir, STEPS))
 
 
 def _assert_resumed_once(cluster, job, workdir, stopped_after=STOP_AFTER):
-    """Completed after one requeue; the log holds both runs, in order, and the second
-    resumed where the first stopped (a checkpoint saved at a step >= stopped_after)."""
+    """Completed after one requeue; the log holds both runs, in order; with `stopped_after`
+    the first run saved at a step >= stopped_after and the second resumed from it, without
+    it the first saved nothing and the second started from step 0."""
     info = cluster.job(job)
     log = _log(workdir, job)
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == \
@@ -80,20 +105,44 @@ def _assert_resumed_once(cluster, job, workdir, stopped_after=STOP_AFTER):
     first, second = f"=== job {job} start 1 ", f"=== job {job} start 2 "
     assert first in log and second in log, log        # --open-mode=append: nothing lost
     before, after = log.split(second)
-    assert "=== finished" in after, log
+    assert "=== finished" in after and "=== finished" not in before, log
     if stopped_after is not None:
-        stopped = int(re.search(r"preempted at step (\d+)", before).group(1))
-        assert stopped_after <= stopped < STEPS, log
-        assert f"at step {stopped}" in after.split("resumed from")[1].splitlines()[0], log
+        stopped = {int(s) for s in re.findall(r"preempted at step (\d+)", before)}
+        assert len(stopped) == 1 and stopped_after <= min(stopped) < STEPS, log  # same step
+        resumed = re.findall(r"resumed from \S+ at step (\d+)", after)
+        assert resumed == [str(*stopped)] * TASKS, log
+    else:
+        assert "preempted at step" not in before and "resumed from" not in after, log
     return log
+
+
+def _completed(cluster, job, workdir):
+    """Waits until the job is COMPLETED, releasing it from each requeue's hold once its last
+    run has ended; a job that ends otherwise fails the test with its log."""
+    try:
+        return cluster.wait(job, "COMPLETED", release=True)
+    except SlurmError as e:
+        raise AssertionError(f"{e}\n{_log(workdir, job)}") from None
+
+
+def _pause_at_step(cluster, job, workdir, step=STOP_AFTER):
+    """The job's tasks stopped (SIGSTOP) once `step` is logged: the run is mid-training and
+    stays there until a notice continues it."""
+    _wait_for_step(cluster, job, workdir, step)
+    return cluster.pause(job, TASKS)
 
 
 @pytest.fixture(scope="module")
 def reference(slurm, tmp_path_factory):
     """An uninterrupted run: the one every interrupted run must equal."""
     workdir = tmp_path_factory.mktemp("slurm") / "reference"
-    job = _submit(slurm, workdir)
-    return workdir, job, slurm.wait(job)
+    with HeldPort() as port:
+        job = _sbatch(slurm, workdir, port)
+        try:
+            info = slurm.wait(job)
+        finally:
+            slurm.cancel(job)
+    return workdir, job, info
 
 
 def test_a_run_completes(slurm, reference):
@@ -103,16 +152,15 @@ def test_a_run_completes(slurm, reference):
         ("COMPLETED", "0:0", "0"), (info, log)
     assert "2 tasks, 0 GPUs per node" in log and "process 1 of 2" in log, log
     assert "=== finished" in log and log.count("=== job") == 1, log
-    assert str(STEPS) in os.listdir(workdir / "checkpoints")
+    assert "SIGTERM" not in log and "requeue" not in log, log
+    assert checkpoint_steps(workdir)[-1] == STEPS
 
 
-def test_plain_scancel_cancels(slurm, tmp_path):
+def test_plain_scancel_cancels(slurm, submit, tmp_path):
     """A plain scancel stays a cancel: the script does not requeue a job SLURM is ending."""
-    job = _submit(slurm, tmp_path / "w")
-    t0 = time.time()
-    while "=== job" not in _log(tmp_path / "w", job):
-        assert time.time() - t0 < 60, slurm.job(job)
-        time.sleep(0.1)
+    job = submit(tmp_path / "w")
+    wait_for(lambda: "=== job" in _log(tmp_path / "w", job), timeout=120,
+             what=f"job {job}'s first line")
     slurm.run("scancel", job)
     info = slurm.wait(job)
     log = _log(tmp_path / "w", job)
@@ -120,59 +168,85 @@ def test_plain_scancel_cancels(slurm, tmp_path):
     assert "SLURM decides" in log and "requeueing" not in log, log
 
 
-def test_scontrol_requeue_resumes_exactly(slurm, reference, tmp_path):
-    job = _submit(slurm, tmp_path / "w")
-    _wait_for_step(slurm, job, tmp_path / "w", STOP_AFTER)
+def test_scontrol_requeue_resumes_exactly(slurm, submit, reference, tmp_path):
+    """SLURM requeues the job itself (SIGCONT, SIGTERM to the steps and the batch shell): the
+    processes save, the script sees the job COMPLETING and leaves it to SLURM."""
+    job = submit(tmp_path / "w")
+    tasks = _pause_at_step(slurm, job, tmp_path / "w")
     slurm.run("scontrol", "requeue", job)
-    # SLURM's own hold before the restart, not an early release: released within seconds of
-    # `scontrol requeue`, the restarted run's first step (the same id, J.0) was sometimes
-    # cancelled by the requeue's kill still in flight (4 of 6 runs here), and the job ran a
-    # third time. A real requeue waits out the hold, as this test does (~2 minutes).
-    slurm.wait(job, timeout=400)
+    slurm.resume(tasks, after_signal=signal.SIGTERM)
+    _completed(slurm, job, tmp_path / "w")
     log = _assert_resumed_once(slurm, job, tmp_path / "w")
     assert "the job is COMPLETING: SLURM decides" in log      # SLURM requeues it, not us
     _assert_same_state(reference[0], tmp_path / "w")
 
 
-def test_preemption_saves_requeues_and_resumes_exactly(slurm, reference, tmp_path):
+def test_preemption_saves_requeues_and_resumes_exactly(slurm, submit, reference, tmp_path):
     """A job of the higher-tier partition needs the node: ours gets SIGTERM (GraceTime 60 s),
     saves, exits 75 and the script requeues it; it resumes once the urgent job is done."""
-    job = _submit(slurm, tmp_path / "w")
-    _wait_for_step(slurm, job, tmp_path / "w", STOP_AFTER)
+    job = submit(tmp_path / "w")
+    tasks = _pause_at_step(slurm, job, tmp_path / "w")
     urgent = slurm.sbatch("--partition=urgent", "--ntasks=2", "--cpus-per-task=1",
                           f"--output={tmp_path}/urgent-%j.out", "--wrap", "echo urgent ran")
-    slurm.wait(job, release=True)
+    slurm.resume(tasks, after_signal=signal.SIGTERM)
+    _completed(slurm, job, tmp_path / "w")
     log = _assert_resumed_once(slurm, job, tmp_path / "w")
     assert "stopped by a notice, checkpoint saved: requeueing" in log
     assert slurm.job(urgent)["JobState"] == "COMPLETED"
-    assert slurm.job(urgent)["StartTime"] <= re.search(
+    assert slurm.job(urgent)["EndTime"] <= re.search(
         rf"=== job {job} start 2 on \S+ at (\S+ \S+)", log).group(1).replace(" ", "T")
     _assert_same_state(reference[0], tmp_path / "w")
 
 
-def test_scancel_signal_term_saves_requeues_and_resumes_exactly(slurm, reference, tmp_path):
-    job = _submit(slurm, tmp_path / "w")
-    _wait_for_step(slurm, job, tmp_path / "w", STOP_AFTER)
+def test_scancel_signal_term_saves_requeues_and_resumes_exactly(slurm, submit, reference,
+                                                                tmp_path):
+    job = submit(tmp_path / "w")
+    tasks = _pause_at_step(slurm, job, tmp_path / "w")
     slurm.run("scancel", "--signal=TERM", job)
-    slurm.wait(job, release=True)
+    slurm.resume(tasks, after_signal=signal.SIGTERM)
+    _completed(slurm, job, tmp_path / "w")
     log = _assert_resumed_once(slurm, job, tmp_path / "w")
     assert "stopped by a notice, checkpoint saved: requeueing" in log
     _assert_same_state(reference[0], tmp_path / "w")
 
 
-def test_time_limit_notice_saves_requeues_and_resumes_exactly(slurm, reference, tmp_path):
-    """--time=1 with the script's --signal=TERM@120: the notice comes at slurmctld's first time
-    limit check after the start (one every 30 s), so the job is submitted 8 s before one: the
-    processes are then starting or training. The requeued job gets a longer limit."""
-    slurm.before_time_limit_check(8)
-    job = _submit(slurm, tmp_path / "w", "--time=1")
-    _wait_requeued(slurm, job, tmp_path / "w")
+def test_time_limit_notice_saves_requeues_and_resumes_exactly(slurm, submit, reference,
+                                                              tmp_path):
+    """The script's --signal=TERM@120: SLURM sends it at a time limit check (slurmctld tests
+    limits every 30 s, a compiled-in constant) once the job's end is less than 120 + 30 s
+    away. The job starts with a long limit; paused mid-training, it gets one that makes the
+    notice due, and SLURM's next check sends it (SIGCONT first, then SIGTERM). The limit is
+    then lengthened again, so neither this run nor the requeued one reaches it."""
+    job = submit(tmp_path / "w", "--time=10")
+    tasks = _pause_at_step(slurm, job, tmp_path / "w")
+    # minutes: end - now in (90, 150] s, so the notice is due at the next check and the run
+    # still has more than a minute to save after it
+    limit = int((slurm.elapsed(job) + 150) // 60)
+    slurm.run("scontrol", "update", f"JobId={job}", f"TimeLimit={limit}")
+    notice = f"send_job_warn_signal: warning signal 15 to JobId={job}"
+    wait_for(lambda: notice in slurm.log("slurmctld"), timeout=120,
+             what="slurmctld's time-limit notice")
     slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
-    slurm.wait(job, release=True)
-    # a notice before the first step stops the processes at step 1; one before Python handles
-    # SIGTERM (exit 143) saves nothing, and the run starts over: both are requeued
-    log = _log(tmp_path / "w", job)
-    saved = "preempted at step" in log
-    assert saved or "killed (exit 143) by a notice" in log, log
-    _assert_resumed_once(slurm, job, tmp_path / "w", stopped_after=1 if saved else None)
+    slurm.resume(tasks, after_signal=signal.SIGTERM)
+    _completed(slurm, job, tmp_path / "w")
+    log = _assert_resumed_once(slurm, job, tmp_path / "w")
+    assert "stopped by a notice, checkpoint saved: requeueing" in log
+    assert slurm.log("slurmctld").count(notice) == 1
+    _assert_same_state(reference[0], tmp_path / "w")
+
+
+def test_notice_before_python_handles_sigterm_requeues_and_starts_over(slurm, submit,
+                                                                       reference, tmp_path):
+    """A notice while the processes start (before JAX installs its SIGTERM handler) kills them
+    (exit 143); the script counts that as a notice and requeues, and the job starts over from
+    the last periodic checkpoint (none yet: step 0)."""
+    job = submit(tmp_path / "w")
+    tasks = slurm.pause(job, TASKS)      # as soon as srun has started them
+    assert not any(signal_caught(t, signal.SIGTERM) for t in tasks), \
+        "the tasks handle SIGTERM already: paused too late for this case"
+    slurm.run("scancel", "--signal=TERM", job)
+    slurm.resume(tasks, after_signal=signal.SIGTERM)
+    _completed(slurm, job, tmp_path / "w")
+    log = _assert_resumed_once(slurm, job, tmp_path / "w", stopped_after=None)
+    assert "killed (exit 143) by a notice: requeueing" in log, log
     _assert_same_state(reference[0], tmp_path / "w")
