@@ -13,7 +13,12 @@ P=${PROCESSES:-1}
 if [ "$P" = 1 ]; then
   exec python -m deep_image.train --config="$config" --workdir="$workdir" "$@"
 fi
-port=${COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}
+# the coordinator's port: COORDINATOR_PORT, else one the OS reports free now (a random pick
+# could be a port already in use; the tests pass a port they hold: tests/conftest.py HeldPort)
+free_port() {
+  python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port=${COORDINATOR_PORT:-$(free_port)}
 if [ -n "${DEVICES_PER_PROCESS:-}" ]; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$DEVICES_PER_PROCESS"
 fi
