@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, read_state, run_train
+from conftest import REPO, TINY, checkpoint_steps, read_state, run_train
 from deep_image import errors
 from deep_image.training.checkpoint import Checkpointer
 
@@ -26,13 +26,6 @@ def _error_line(proc):
     assert lines and lines[-1].startswith("error: "), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return lines[-1]
-
-
-def _steps(workdir):
-    path = os.path.join(workdir, "checkpoints")
-    return sorted(int(n) for n in os.listdir(path) if n.isdigit())
-
-
 
 
 def _finite(state):
@@ -52,12 +45,12 @@ DIVERGING = ("--config.optimizer.learning_rate=3", "--config.schedule.warmup_ste
              "--config.keep_checkpoints=100")
 
 
-def test_divergence_never_checkpoints_a_non_finiteread_state(tmp_path):
+def test_divergence_never_checkpoints_a_non_finite_state(tmp_path):
     wd = tmp_path / "run"
     line = _error_line(run_train(wd, *DIVERGING))
     assert "training diverged at step" in line and "the last good checkpoint is step" in line
     diverged = int(line.split("diverged at step ")[1].split()[0])
-    steps = _steps(wd)
+    steps = checkpoint_steps(wd)
     assert steps and max(steps) < diverged
     assert f"step {max(steps)} in" in line and "learning_rate" in line
     assert all(_finite(read_state(wd, s)) for s in steps) and _no_tmp(wd)
@@ -93,13 +86,13 @@ def _write_nan_copy(workdir, step):
 def test_non_finite_or_mismatched_checkpoints_are_refused_and_finished_runs_say_so(tmp_path):
     wd = tmp_path / "run"
     assert run_train(wd, "--config.total_steps=30").returncode == 0
-    assert _steps(wd) == [10, 20, 30]
+    assert checkpoint_steps(wd) == [10, 20, 30]
     _write_nan_copy(wd, 30)
     line = _error_line(run_train(wd))
     assert "checkpoint 30" in line and "non-finite" in line and "--resume_step=20" in line
     proc = run_train(wd, "--resume_step=20")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stderr and _steps(wd) == [20, 30, 40]
+    assert "resumed from" in proc.stderr and checkpoint_steps(wd) == [20, 30, 40]
     assert _finite(read_state(wd, 40)) and os.listdir(wd / "discarded_checkpoints")
     # resuming with a config that builds another state is one line, not orbax's traceback
     line = _error_line(run_train(wd, "--config.optimizer.weight_decay=0"))
@@ -137,7 +130,7 @@ def test_an_exception_while_a_save_is_pending_leaves_a_complete_checkpoint(tmp_p
                           text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode != 0 and "injected fault" in proc.stderr, proc.stderr[-3000:]
     assert "cannot schedule new futures" not in proc.stderr
-    assert _steps(wd) == [10] and _no_tmp(wd) and _finite(read_state(wd, 10))
+    assert checkpoint_steps(wd) == [10] and _no_tmp(wd) and _finite(read_state(wd, 10))
     resumed = run_train(wd)
     assert resumed.returncode == 0 and "at step 10" in resumed.stderr, resumed.stderr[-3000:]
 
@@ -159,7 +152,7 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays_good(small_di
     line = _error_line(run_train(wd, "--config.checkpoint_every_steps=5",
                                  "--config.keep_checkpoints=10", "--config.progress_bar=False"))
     assert "No space left on device" in line and "rerun the same command" in line
-    steps = _steps(wd)
+    steps = checkpoint_steps(wd)
     assert steps, "the first checkpoint fits"
     assert _finite(read_state(wd, max(steps)))
 
@@ -198,4 +191,4 @@ def test_injected_enospc_during_a_save_ends_as_one_line(tmp_path):
                           text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     line = _error_line(proc)
     assert line.startswith("error: No space left on device at ") and "error.log" in line
-    assert _steps(tmp_path / "run") == [10] and _no_tmp(tmp_path / "run")
+    assert checkpoint_steps(tmp_path / "run") == [10] and _no_tmp(tmp_path / "run")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, losses, records
 
 ONE = {**os.environ, "JAX_PLATFORMS": "cpu"}
 FOUR = {**ONE, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -32,16 +32,11 @@ def _train(workdir, env, *extra):
     return _run("train", env, f"--config={TINY}", f"--workdir={workdir}", *extra)
 
 
-def _losses(workdir):
-    return {r["step"]: r["train/loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
-            if "train/loss" in r}
-
-
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("one")
     _train(workdir, ONE, *STEPS)
-    return _losses(workdir)
+    return losses(workdir)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -49,12 +44,12 @@ def test_four_device_run_matches_one_device_and_evaluates(tmp_path, one_device, 
     four = _train(tmp_path, FOUR, *STEPS, *MODES[mode])
     if mode == "hybrid":
         assert "head layers split over model" in four.stderr
-    ours = _losses(tmp_path)
+    ours = losses(tmp_path)
     assert sorted(ours) == sorted(one_device)
     np.testing.assert_allclose([ours[s] for s in sorted(ours)],
                                [one_device[s] for s in sorted(ours)], rtol=1e-4)
     _run("evaluate", ONE, f"--workdir={tmp_path}")     # on one device
-    final = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if "eval/top1" in l][-1]
+    final = [r for r in records(tmp_path) if "eval/top1" in r][-1]
     assert json.load(open(tmp_path / "eval.json"))["eval/top1"] == final["eval/top1"]
 
 
@@ -65,7 +60,7 @@ def test_resume_on_another_mesh_continues_the_run(tmp_path, one_device):
            *MODES["hybrid"])
     resumed = _train(tmp_path, ONE, *STEPS)
     assert "converted to this run's" in resumed.stderr
-    ours = _losses(tmp_path)
+    ours = losses(tmp_path)
     assert sorted(ours) == sorted(one_device)
     np.testing.assert_allclose([ours[s] for s in sorted(ours)],
                                [one_device[s] for s in sorted(ours)], rtol=1e-4)
