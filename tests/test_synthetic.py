@@ -115,3 +115,17 @@ def test_prerendered_split_equals_rendering(tmp_path):
     other = SynthBirds(SynthBirdsSpec(native_size=32, train_size=12, seed=1), "train",
                        str(tmp_path))
     assert other._images is None
+
+
+def test_shifted_capture_lens_sign_barrel_pulls_points_in():
+    """test_shifted's lens (source = x (1 + k r^2)): k > 0 is barrel (an off-centre dot moves
+    towards the centre), k < 0 pincushion, by hand for a dot 8 px right of the centre of 33."""
+    import cv2
+    image = np.zeros((33, 33), np.float32)
+    image[16, 24] = 1.0
+    for k, inwards in ((0.3, True), (-0.3, False)):
+        out = cv2.remap(image, *synthetic._lens_maps(33, k, (1.0, 1.0)), cv2.INTER_LINEAR)
+        col = (out.sum(0) * np.arange(33)).sum() / out.sum()
+        # the output radius r (in half-widths) whose source is 8/16: r (1 + k r^2) = 0.5
+        r = [x.real for x in np.roots([k, 0, 1, -0.5]) if abs(x.imag) < 1e-9 and 0 < x.real < 1]
+        assert (col < 24) == inwards and abs(col - (16 + 16 * r[0])) < 0.3, (k, col)

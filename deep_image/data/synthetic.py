@@ -234,7 +234,8 @@ def _background(rng: np.random.Generator, size: int, clutter: int) -> np.ndarray
 
 
 def _lens_maps(size: int, k: float, stretch: tuple[float, float]):
-    """Barrel (k < 0) or pincushion (k > 0) radial distortion with axis stretching."""
+    """Barrel (k > 0: points pulled towards the centre) or pincushion (k < 0) radial distortion
+    with axis stretching, as source coordinates for cv2.remap."""
     c = (size - 1) / 2
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     x, y = (xx - c) / c, (yy - c) / c
