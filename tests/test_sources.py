@@ -298,6 +298,8 @@ def test_bad_images_decode_or_are_skipped_and_counted(tmp_path, caplog):
     assert out["gray.png"]["image"][0, 0].tolist() == [90, 90, 90]
     assert out["cmyk.jpg"]["image"][0, 0, 1] < 60 and out["cmyk.jpg"]["image"][0, 0, 0] > 200
     assert all(out[n]["label"] == 1 for n in ("cmyk.jpg", "gray.png", "tiny.jpg"))
+    assert [decode_label(out[n]["image"]) for n in ("a.jpg", "b.jpg")] == [
+        out["a.jpg"]["label"], out["b.jpg"]["label"]] == [0, 0]
     assert assert_pixels_match_labels(archives.image_folder(str(root), "test")) == [0, 1]
     _train_steps(tmp_path / "run", coded=("eval",), data__source="folder",
                  data__root=str(root), data__eval_split="test", data__val_split="")
