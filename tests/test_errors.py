@@ -21,6 +21,7 @@ def _one_line_error(proc):
     ("--config.sharding_rules=(('^conv', (None, None, None, 'model')),)", "use at most 1 entries"),
     ("--config.parallelism=model_parallel", "choose data or model_data"),
     ("--config.mesh=(('data', 3), ('model', 1))", "needs 3 devices, JAX sees 1"),
+    ("--config.total_steps=-1", "neither may be negative"),
 ])
 def test_bad_config_names_the_problem_and_writes_nothing(tmp_path, override, expected):
     workdir = tmp_path / "never_created"

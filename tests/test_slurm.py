@@ -40,7 +40,7 @@ TASKS = 2
 STOP_AFTER = 10       # interrupt once this step is logged
 
 
-def _sbatch(cluster, workdir, port, *options):
+def _sbatch(cluster, workdir, port, *options, train_args=()):
     """train.sbatch on the tiny config. JAX's coordinator on `port` (held by this process:
     JAX's default port comes from the job id, which other clusters on this host share). No
     persistent compilation cache (the suite's, which the job would inherit): JAX writes entries
@@ -50,20 +50,20 @@ def _sbatch(cluster, workdir, port, *options):
     os.makedirs(workdir)
     return cluster.sbatch(*CPU, f"--output={workdir}/slurm-%j.out", *options,
                           "launch/slurm/train.sbatch", "experiments/synthetic.py:tiny",
-                          str(workdir), *ARGS, cwd=REPO,
+                          str(workdir), *ARGS, *train_args, cwd=REPO,
                           env={"JAX_COORDINATOR_PORT": str(port.port),
                                "JAX_ENABLE_COMPILATION_CACHE": "false"})
 
 
 @pytest.fixture
 def submit(slurm):
-    """submit(workdir, *sbatch_options) -> job id; at the end of the test, pass or fail, its
+    """submit(workdir, *sbatch_options, train_args=()) -> job id; at the end of the test, pass or fail, its
     jobs are killed and gone from the node (a failed test leaves nothing to the next)."""
     jobs, ports = [], []
 
-    def _submit(workdir, *options):
+    def _submit(workdir, *options, train_args=()):
         ports.append(HeldPort())
-        jobs.append(_sbatch(slurm, workdir, ports[-1], *options))
+        jobs.append(_sbatch(slurm, workdir, ports[-1], *options, train_args=train_args))
         return jobs[-1]
 
     yield _submit
@@ -156,8 +156,23 @@ def test_a_run_completes(slurm, reference):
     assert checkpoint_steps(workdir)[-1] == STEPS
 
 
+def test_a_failing_run_fails_and_is_not_requeued(slurm, submit, tmp_path):
+    """An error (here a bad config: exit 2 on every task) would recur: the job FAILS with the
+    error in its log, and the script does not requeue it."""
+    job = submit(tmp_path / "w", train_args=["--config.total_steps=-1"])
+    info = slurm.wait(job)
+    log = _log(tmp_path / "w", job)
+    assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), (info, log)
+    assert "error: config.total_steps=-1" in log, log
+    assert "=== training failed (exit 2): not requeued" in log, log
+    assert "requeueing" not in log and "SLURM decides" not in log, log
+
+
 def test_plain_scancel_cancels(slurm, submit, tmp_path):
-    """A plain scancel stays a cancel: the script does not requeue a job SLURM is ending."""
+    """A plain scancel stays a cancel: the script does not requeue a job SLURM is ending,
+    whether the cancel reaches the training processes or comes before srun has started them
+    (srun then fails: "job has expired"). Which of the two happens depends on timing; the
+    outcome must not."""
     job = submit(tmp_path / "w")
     wait_for(lambda: "=== job" in _log(tmp_path / "w", job), timeout=120,
              what=f"job {job}'s first line")
