@@ -63,9 +63,13 @@ def base() -> ml_collections.ConfigDict:
     c.data.augment.vignetting_prob = 0.5
     c.data.mean = (0.485, 0.456, 0.406)   # per-channel normalization on device, RGB in [0, 1]
     c.data.std = (0.229, 0.224, 0.225)
-    c.data.workers = 0                 # Grain worker processes (0: decode in this process)
-    c.data.threads = 4                 # Grain read threads per process
+    # Host parallelism (data/pipeline.py): -1 derives both from the CPUs this process may use
+    # (affinity, SLURM's CPUs per task): on a GPU node one Grain worker per CPU but one, 2
+    # read threads each; with the step on the CPU no workers and a thread per CPU.
+    c.data.workers = -1                # Grain worker processes (0: decode in this process)
+    c.data.threads = -1                # Grain read threads per process
     c.data.prefetch = 2                # batches buffered per worker
+    c.data.device_prefetch = 2         # batches put on the devices ahead of the step (0: none)
     c.data.cache = False               # keep resized training images in memory (§3.1)
     c.data.synthetic = ml_collections.ConfigDict()   # the embedded benchmark (data/synthetic.py)
     c.data.synthetic.num_classes = 16
@@ -135,6 +139,10 @@ def base() -> ml_collections.ConfigDict:
     # when model is 1, over all the data devices as in the paper (parallel/layout.py).
     c.mesh = (("data", -1), ("model", 1))
     c.parallelism = "data"
+    # Leaves of fewer elements than this (biases, BatchNorm scales, per device) are kept whole
+    # on every device that holds a copy, instead of 1/N parts each: their gradient is one
+    # all-reduce (XLA combines the small ones) and the lazy update gathers nothing for them.
+    c.whole_below = 1 << 16
     # Where parameters live, as (regex over "layer/param" paths, PartitionSpec entries) rules,
     # first match wins, unmatched leaves replicated. Conv layers must stay replicated (data
     # parallel); an FC kernel is split by output columns (None, "model") or input rows
@@ -212,8 +220,19 @@ def check(config: ml_collections.ConfigDict) -> None:
     need(all(s >= config.data.crop for s in config.eval.scales),
          f"config.eval.scales={tuple(config.eval.scales)}: every test scale must be at least "
          f"the crop ({config.data.crop})")
+    d = config.data
+    need(d.workers >= -1 and (d.threads == -1 or d.threads > 0) and d.prefetch > 0
+         and d.device_prefetch >= 0,
+         f"config.data.workers={d.workers}, threads={d.threads}, prefetch={d.prefetch}, "
+         f"device_prefetch={d.device_prefetch}: workers >= 0 and threads > 0, or -1 for both "
+         "to derive them from the CPUs; prefetch > 0; device_prefetch >= 0")
+    need(config.whole_below >= 0, f"config.whole_below must be >= 0 (0: every leaf in parts), "
+         f"got {config.whole_below}")
     for key in ("batch_size", "eval_batch_size"):
         need(config[key] > 0, f"config.{key} must be > 0, got {config[key]}")
+    need(config.total_steps >= 0 and config.num_epochs >= 0,
+         f"config.total_steps={config.total_steps}, config.num_epochs={config.num_epochs}: "
+         "neither may be negative (total_steps=0 derives the steps from num_epochs)")
     need(config.total_steps > 0 or config.num_epochs > 0,
          "set config.total_steps or config.num_epochs to a positive number")
     for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):

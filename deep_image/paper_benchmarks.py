@@ -49,7 +49,6 @@ def paper_config(benchmark: str, *, variant: str, scale: int, finetune: str = "a
     c.data.train_split, c.data.val_split, c.data.eval_split = train, val, test
     c.data.scale, c.data.crop = scale, crop
     c.data.augment.update(config_lib.all_six())
-    c.data.workers = 8
     c.eval.protocol, c.eval.scales, c.eval.flip = "dense", TEST_SCALES, True
     c.eval.headline = headline
     c.init_from, c.finetune = init_from, finetune

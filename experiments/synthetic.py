@@ -61,4 +61,7 @@ def get_config(arg: str | None = None):
         c.checkpoint_every_steps = 10
         c.schedule.warmup_steps = 0
         c.progress_bar = False
+        # at 1/16 width every leaf is small: keep only the smallest (conv and FC3 biases)
+        # whole, so the parallel tests see both kinds of leaf (parallel/layout.py)
+        c.whole_below = 100
     return config_lib.lock(c)

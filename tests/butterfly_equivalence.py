@@ -2,10 +2,14 @@
 vs single-device training on the same global batches. Prints one JSON line.
 
     python tests/butterfly_equivalence.py PARALLELISM DATA MODEL [columns] [--family=resnet]
+        [--bf16]
 
 `columns`: other sharding rules (FC1 whole, FC2 and FC3 by columns), so the step's other
 ways of computing an FC layer are checked too. `--family=resnet`: ResNet-18 at 1/8 width,
-whose BatchNorm statistics (over the global batch) must match one device's too.
+whose BatchNorm statistics (over the global batch) must match one device's too. `--bf16`:
+also one bfloat16 step on the mesh with every leaf in parts, whose lazy update gathers each
+weight in the dtype the forward pass computes it in, against the same step gathering float32
+(what the forward pass then rounds): they must be bitwise equal.
 """
 
 import json
@@ -13,15 +17,18 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import tiny_config  # noqa: E402
-from deep_image.bench.scaling import collectives  # noqa: E402
+from deep_image.bench.scaling import collectives, lowered_types  # noqa: E402
+from deep_image.models.base import Model  # noqa: E402
 from deep_image.parallel import layout as layout_lib  # noqa: E402
 from deep_image.parallel import mesh as mesh_lib  # noqa: E402
 from deep_image.training import state as state_lib  # noqa: E402
 from deep_image.training import setup as setup_lib  # noqa: E402
+from deep_image.training import step as step_lib  # noqa: E402
 
 STEPS = 3
 COLUMNS = ((r"^fc1/", ()), (r"^fc[23]/kernel$", (None, "model")), (r"^fc[23]/bias$", ("model",)))
@@ -29,11 +36,12 @@ COLUMNS = ((r"^fc1/", ()), (r"^fc[23]/kernel$", (None, "model")), (r"^fc[23]/bia
 RESNET_RULES = ((r"^fc/kernel$", (None, "model")), (r"^fc/bias$", ("model",)))
 
 
-def collective_summary(hlo: str) -> dict:
+def collective_summary(hlo: str, emitted: dict | None = None) -> dict:
     """Counts of reduce-scatters and all-gathers, and the shape of every array any all-reduce
     returns (tuple-shaped and async `-start` all-reduces included), read by the scaling
-    report's HLO parser."""
-    ops = collectives(hlo, 8)
+    report's HLO parser (`emitted`: the element types JAX emitted, which XLA's CPU backend
+    promotes to float32; bench.scaling.lowered_types)."""
+    ops = collectives(hlo, 8, emitted)
     return {"reduce_scatter": sum(o["kind"] == "reduce-scatter" for o in ops),
             "all_gather": sum(o["kind"] == "all-gather" for o in ops),
             # the lazy update's gathers, each with the shapes it returns (a merged gather
@@ -71,6 +79,48 @@ def setup(parallelism: str, family: str = "vgg"):
     return config, batches
 
 
+def bf16_gather(config, batch, mesh) -> dict:
+    """One bfloat16 step on `mesh` (every leaf in parts), gathering weights in their forward
+    dtypes vs in float32: {"bitwise": equal outputs, "lazy_gathers": the gathers' shapes}."""
+    config = config.copy_and_resolve_references()
+    config.model.dtype, config.whole_below = "bfloat16", 0
+    run = setup_lib.build(config, 16, mesh=mesh)
+    host = jax.device_get(run.state)
+    # weights that bfloat16 cannot hold exactly (BatchNorm starts at scale 1, bias 0, which it
+    # can: a BatchNorm gathered in bfloat16 would pass from there)
+    rng = np.random.default_rng(1)
+    host = host.replace(params=jax.tree.map(
+        lambda x: (x * (1 + 1e-3 * rng.standard_normal(x.shape)) + 1e-3).astype(x.dtype),
+        host.params))
+    shardings = jax.tree.map(lambda x: x.sharding, run.state)
+    stored = step_lib.make_parallel_train_step(_StoredDtypes(run.model), run.tx, config, mesh,
+                                               run.layout, run.state)
+    outs = [jax.device_get(step(jax.device_put(host, shardings), batch))
+            for step in (run.train_step, stored)]
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True))
+    lowered = run.train_step.lower(run.state, batch)
+    gathers = collective_summary(lowered.compile().as_text(),
+                                 lowered_types(lowered.as_text()))["lazy_gathers"]
+    return {"bitwise": same, "lazy_gathers": gathers,
+            "forward_dtypes": {f"{k}/{n}": jnp.dtype(d).name
+                               for k, v in run.model.forward_dtypes().items()
+                               for n, d in v.items()}}
+
+
+class _StoredDtypes:
+    """A model whose lazy update gathers every weight as stored (float32)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def forward_dtypes(self):
+        return Model.forward_dtypes(self._model)
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     family = next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--family=")), "vgg")
@@ -78,6 +128,8 @@ def main():
     config, batches = setup(parallelism, family)
     if args[3:] == ["columns"]:
         config.sharding_rules = COLUMNS
+    bf16 = bf16_gather(config, batches[0], mesh_lib.make_mesh(
+        (("data", data), ("model", model_axis)))) if "--bf16" in sys.argv else None
 
     # One device.
     one = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", 1), ("model", 1)),
@@ -144,6 +196,9 @@ def main():
         "shards": shards, "momentum_shards": momentum,
         "flat_leaves": {f"{k}/{n}": [1, lf.owners * lf.part] for k, v in layout.leaves.items()
                         for n, lf in v.items() if lf.flat},
+        "whole_leaves": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
+                         for n, lf in v.items() if lf.whole},
+        "bf16": bf16,
         "local_shapes": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
                          for n, lf in v.items()},
     }))

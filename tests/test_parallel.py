@@ -16,13 +16,13 @@ from conftest import REPO, assert_trees_equal, tiny_config
 from deep_image import models
 from deep_image.parallel import layout as layout_lib
 
-MODES = {"data": ("data", 8, 1), "model_data": ("model_data", 8, 1),
+MODES = {"data": ("data", 8, 1, "--bf16"), "model_data": ("model_data", 8, 1),
          "hybrid": ("model_data", 2, 4),
          "hybrid_columns": ("model_data", 2, 4, "columns"),   # FC1 whole, FC2/FC3 by columns
          # the second family: ResNet-18 (1/8 width), cross-device BatchNorm, its fc by columns
          # (model_data on all 8 is the hybrid's code with another FC axis size: VGG covers it)
          "resnet_data": ("data", 8, 1, "--family=resnet"),
-         "resnet_hybrid": ("model_data", 2, 4, "--family=resnet")}
+         "resnet_hybrid": ("model_data", 2, 4, "--family=resnet", "--bf16")}
 
 
 def _run(parallelism, data, model, *rules):
@@ -78,21 +78,51 @@ def test_gradients_sync_by_reduce_scatter_and_all_gather(result):
     assert result["reduce_scatter"] >= 1 and result["all_gather"] >= 1
     shapes = result["all_reduce_shapes"]
     scalars = ("f32[]", "s32[]")          # the loss and the hit count
+    # the small leaves kept whole (config.whole_below): their gradients, and only theirs
+    # among the parameters, are all-reduced (f32[channels]), every one of them
+    whole = {f"f32[{','.join(map(str, shape))}]" for shape in result["whole_leaves"].values()}
+    assert whole, result["whole_leaves"]
     if result["mode"].startswith("resnet"):
         # besides the global batch's BatchNorm sums (forward), only the cotangents of those
-        # statistics (backward: [1, 1, 1, channels]), the loss and the hits are all-reduced;
-        # a parameter's gradient never is (a BN scale's would be f32[channels]), and the fc
-        # split by columns all-gathers its outputs
-        assert result["batch_stat_reduces"] >= 1
-        assert all(s in scalars or re.fullmatch(r"f32\[1,1,1,\d+\]", s) for s in shapes), shapes
-    elif result["mode"] == "data":
-        # no all-reduce of a gradient: only the scalar loss and accuracy are all-reduced
-        assert all(s in scalars for s in shapes), shapes
+        # statistics (backward: [1, 1, 1, channels]), the whole leaves' gradients, the loss and
+        # the hits are all-reduced; the fc split by columns all-gathers its outputs. (In the
+        # optimized HLO not every whole BatchNorm leaf's gradient keeps an all-reduce of its
+        # own shape; test_same_loss_and_parameters_as_one_device checks their values.)
+        assert result["batch_stat_reduces"] >= 1 and whole & set(shapes), (whole, shapes)
+        assert all(s in scalars or s in whole or re.fullmatch(r"f32\[1,1,1,\d+\]", s)
+                   for s in shapes), shapes
+        return
+    assert whole <= set(shapes), (whole, shapes)
+    if result["mode"] == "data":
+        # no all-reduce of any other gradient: only the whole leaves', the loss and accuracy
+        assert all(s in scalars or s in whole for s in shapes), shapes
     else:
         # only FC activations (the FC group's rows x FC width 256 or 16 classes) are summed
-        # over the FC axis; FC gradients never are, conv gradients are reduce-scattered
+        # over the FC axis; other FC gradients never are, conv kernels' are reduce-scattered
         rows = 16 if result["mode"] == "model_data" else 8
-        assert all(s in (f"f32[{rows},256]", f"f32[{rows},16]", *scalars) for s in shapes), shapes
+        assert all(s in (f"f32[{rows},256]", f"f32[{rows},16]", *scalars) or s in whole
+                   for s in shapes), shapes
+
+
+def test_bfloat16_runs_gather_weights_in_bfloat16_and_compute_the_same(result):
+    """The lazy update gathers a weight in the dtype the forward pass computes it in: half
+    the bytes in bfloat16 runs, and the same step, bitwise, as gathering float32 (the forward
+    pass rounds it to bfloat16 anyway). ResNet's BatchNorm scale and bias are used in float32:
+    gathered in float32 (in bfloat16 the step would differ)."""
+    if result["bf16"] is None:
+        pytest.skip("this mode runs no bfloat16 step (MODES: data and resnet_hybrid do)")
+    bf16 = result["bf16"]
+    assert bf16["bitwise"]
+    got = sorted(shapes[0] for shapes in bf16["lazy_gathers"])
+    dtypes = bf16["forward_dtypes"]
+    assert {"bfloat16"} <= set(dtypes.values()) <= {"bfloat16", "float32"}, dtypes
+    if result["mode"].startswith("resnet"):
+        assert dtypes["bn1/scale"] == dtypes["bn1/bias"] == "float32"
+        assert dtypes["conv1/kernel"] == dtypes["fc/kernel"] == dtypes["fc/bias"] == "bfloat16"
+        assert any(g.startswith("f32[") for g in got) and any(g.startswith("bf16[") for g in got)
+    else:
+        assert set(dtypes.values()) == {"bfloat16"}
+        assert got and all(g.startswith("bf16[") for g in got), got
 
 
 def test_lazy_update_gathers_each_layer_on_its_own(result):
@@ -133,7 +163,7 @@ def test_each_device_holds_its_share(result):
         assert local["fc1/kernel"] == [32, 256]                   # whole, owned over data
         assert shards["fc1/kernel"] == [[1, 8192], [1, 4096], 2]
         assert local["fc2/kernel"] == [256, 64] and local["fc3/kernel"] == [256, 4]
-        assert shards["fc3/bias"] == [[4, 4], [1, 2], 8]
+        assert shards["fc3/bias"] == [[16], [4], 4]               # small: whole, over data
     else:
         # hybrid 2 x 4: a slice per model device (1/4), owned in halves over data: 1/8
         assert local["fc1/kernel"] == [32, 64] and local["fc2/kernel"] == [64, 256]

@@ -183,3 +183,85 @@ def test_shorter_side_at_evaluation_takes_the_centre_crop():
             expected = (14, 4) if label == 0 else (4, 14)
             assert (ax, ay, x0, y0) == pytest.approx((1.5, 1.5, *expected), abs=0.1), label
     assert seen == 8
+
+
+class OpenCVThreadsSource(IndexSource):
+    """Each example's label is the number of threads OpenCV would use where it is read."""
+
+    class_names = [str(i) for i in range(64)]
+
+    def __getitem__(self, i):
+        import cv2
+        return {**super().__getitem__(i), "label": cv2.getNumThreads()}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_opencv_runs_single_threaded_where_the_pipeline_reads(workers):
+    """The pipeline's threads and workers are its parallelism: an OpenCV pool as large as the
+    machine in each of them would oversubscribe the host."""
+    import cv2
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        config = tiny_config(data__workers=workers, data__augment=dict(crop=False, flip=False),
+                             batch_size=4)
+        it = iter(pipeline.train_dataset(OpenCVThreadsSource(24), config))
+        assert [next(it)["label"].tolist() for _ in range(3)] == [[1] * 4] * 3
+        it.close()
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_host_parallelism_follows_the_cpus_this_process_may_use(monkeypatch):
+    import ml_collections
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert pipeline.usable_cpus() == 16
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
+    assert pipeline.usable_cpus() == 12
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")        # the affinity mask is the bound
+    assert pipeline.usable_cpus() == 16
+
+    def data(workers=-1, threads=-1, cache=False):
+        return ml_collections.ConfigDict({"workers": workers, "threads": threads,
+                                          "cache": cache})
+    # a GPU task with 12 CPUs: 11 workers (one CPU for the training process), 2 threads each
+    assert pipeline.host_parallelism(data(), "gpu", cpus=12) == (11, 2)
+    # the step on the CPUs: they are the step's; decode in the process, a thread per CPU
+    assert pipeline.host_parallelism(data(), "cpu", cpus=12) == (0, 12)
+    # a host cache lives in one process: its threads share it
+    assert pipeline.host_parallelism(data(cache=True), "gpu", cpus=12) == (0, 12)
+    assert pipeline.host_parallelism(data(), "gpu", cpus=2) == (0, 2)
+    # the config's own numbers win
+    assert pipeline.host_parallelism(data(3, 5), "gpu", cpus=12) == (3, 5)
+    assert pipeline.host_parallelism(data(0, -1), "gpu", cpus=12) == (0, 12)
+    assert pipeline.host_parallelism(data(4, -1), "cpu", cpus=12) == (4, 2)
+
+
+def test_batches_prefetched_on_the_devices_resume_where_the_loop_took_them():
+    """With batches put on the devices ahead of the step, the saved position is that of the
+    last batch taken, not of the last one read: a resume continues with the next batch of the
+    plain stream."""
+    import time
+
+    import jax
+    config = tiny_config(data__augment=dict(crop=False, flip=False), batch_size=4)
+    src = IndexSource(40)
+    plain = iter(pipeline.train_dataset(src, config))
+    want = [_ids(next(plain)) for _ in range(8)]
+
+    def put(batch):
+        return {k: jax.device_put(v) for k, v in batch.items()}
+
+    it = iter(pipeline.on_devices(pipeline.train_dataset(src, config), put, 2))
+    taken = [next(it) for _ in range(5)]
+    assert all(isinstance(b["image"], jax.Array) for b in taken)
+    time.sleep(0.5)                      # the prefetch thread reads ahead meanwhile
+    state = it.get_state()
+    resumed = iter(pipeline.on_devices(pipeline.train_dataset(src, config), put, 2))
+    resumed.set_state(state)
+    got = [_ids(jax.device_get(b)) for b in taken] + [_ids(jax.device_get(next(resumed)))
+                                                      for _ in range(3)]
+    assert got == want
+    it.close()
+    resumed.close()

@@ -13,6 +13,13 @@ Stages, each timed on the same images in the same run:
   *_all_ops         both chains with every op applied to every image (probabilities 1)
 Each with one process and with one process per core (per-core figures divide by the cores).
 Also the cost and saving of `config.data.cache` (resized images kept in memory) and peak RSS.
+
+Then the pipeline training runs (`data/pipeline.py`: Grain, an image folder of the same q90
+JPEGs, all six augmentations, batches of 32) against the number of Grain worker processes
+(`--grain_workers`; 0: read threads in this process), in steady state (after a warm-up that
+starts the workers), and what it means for a GPU: the images/s one H100 trains at for VGG-16
+and ResNet-50 at 224 (train FLOPs = 3 x forward, at `--mfu` of the bfloat16 dense peak),
+divided by the pipeline's images/s per core: the host cores each GPU needs.
 """
 
 from __future__ import annotations
@@ -35,9 +42,15 @@ flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_integer("images", 200, "Distinct source images.")
 flags.DEFINE_integer("workers", 0, "Processes for the all-cores run (0: os.cpu_count()).")
 flags.DEFINE_float("seconds", 3.0, "Minimum time per measurement.")
+flags.DEFINE_list("grain_workers", ["0", "1", "2"], "Grain worker counts of the pipeline run.")
+flags.DEFINE_float("mfu", 0.5, "Model FLOP utilization assumed for the cores-per-GPU figure.")
 FLAGS = flags.FLAGS
 
 SCALE, CROP = 512, 224
+GPU_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0}   # bf16 dense, NVIDIA datasheet
+# forward multiply-adds per 224 image: VGG-16 from models/vgg.py; ResNet-50: 3.8e9 (He et
+# al. 2016, Table 1, which counts multiply-adds as FLOPs)
+RESNET50_MULTIPLY_ADDS = 3.8e9
 
 
 def make_jpegs(n: int) -> list[bytes]:
@@ -120,6 +133,50 @@ def measure(stage: str, items: list, seconds: float, workers: int) -> tuple[floa
     return one, sum(rates) / workers
 
 
+def grain_rate(jpegs: list[bytes], workers: int, seconds: float, batch: int = 32) -> float:
+    """Images/s of the training pipeline (data/pipeline.py) with `workers` Grain processes
+    (0: its read threads in this process) on an image folder of `jpegs`, in steady state."""
+    import tempfile
+
+    from deep_image.data import pipeline, sources
+    with tempfile.TemporaryDirectory() as root:
+        for split in ("train", "test"):
+            os.makedirs(os.path.join(root, split, "bird"))
+        for i, data in enumerate(jpegs):
+            with open(os.path.join(root, "train", "bird", f"{i:05d}.jpg"), "wb") as f:
+                f.write(data)
+        c = config_lib.base()
+        c.data.source, c.data.root = "folder", root
+        c.data.scale, c.data.crop = SCALE, CROP
+        c.data.augment.update(config_lib.all_six())
+        c.data.workers, c.batch_size = workers, batch
+        it = iter(pipeline.train_dataset(sources.get_source(c.data, "train"), c,
+                                         backend="gpu"))
+        try:
+            for _ in range(max(3, 2 * workers)):     # start the workers, fill the buffers
+                next(it)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                n += len(next(it)["label"])
+            return n / (time.perf_counter() - t0)
+        finally:
+            it.close()
+
+
+def cores_per_gpu(per_core: float, mfu: float) -> dict:
+    """{model: {gpu: (images/s one GPU trains at, host cores at `per_core` images/s)}}."""
+    from deep_image.models.vgg import multiply_adds
+    forward = {"vgg16": multiply_adds("vgg16", 1.0, CROP, 1000),
+               "resnet50": RESNET50_MULTIPLY_ADDS}
+    out = {}
+    for model, macs in forward.items():
+        for gpu, peak in GPU_PEAK_TFLOPS.items():
+            rate = peak * 1e12 * mfu / (3 * 2 * macs)
+            out.setdefault(model, {})[gpu] = {"images_per_second": rate,
+                                              "cores": rate / per_core}
+    return out
+
+
 def main(argv):
     del argv
     workers = FLAGS.workers or os.cpu_count()
@@ -162,6 +219,24 @@ def main(argv):
     print(f"cache: {result['cache_bytes_per_image'] / 2**20:.2f} MiB per image at {SCALE}, "
           f"saves {1e3 * result['cache_saves_seconds_per_image']:.2f} ms decode per image "
           "per epoch; peak RSS " f"{result['peak_rss_mib']:.0f} MiB")
+    # the pipeline a run uses, against Grain worker counts
+    cpus = len(os.sched_getaffinity(0))
+    result["grain"] = {}
+    print(f"\ntraining pipeline (Grain, image folder, all six, batch 32) on {cpus} CPUs")
+    print(f"{'workers':>8}{'images/s':>12}{'per core':>10}")
+    for w in sorted({int(x) for x in FLAGS.grain_workers}):
+        rate = grain_rate(jpegs, w, FLAGS.seconds)
+        busy = min(cpus, max(1, w))           # cores the pipeline can keep busy
+        result["grain"][str(w)] = {"images_per_second": rate, "per_core": rate / busy}
+        print(f"{w:>8}{rate:>12.1f}{rate / busy:>10.1f}")
+    best = max(v["per_core"] for v in result["grain"].values())
+    result["cores_per_gpu"] = cores_per_gpu(best, FLAGS.mfu)
+    result["cores_per_gpu_at_per_core"] = best
+    print(f"host cores per GPU at {best:.0f} images/s per core (MFU {FLAGS.mfu:g}, 224 crops):")
+    for model, gpus in result["cores_per_gpu"].items():
+        print("  " + model + ": " + ", ".join(
+            f"{gpu} {v['images_per_second']:,.0f} img/s -> {v['cores']:.1f} cores"
+            for gpu, v in gpus.items()))
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -179,9 +179,13 @@ def compile_one(strategy: str, devices: int, dtype: str) -> dict:
         return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                    for x in jax.tree.leaves(tree))
 
-    # the minimum: each gradient block summed once among the g devices that hold a copy
-    optimum = sum(2 * (lf.owners - 1) / lf.owners * lf.local_size * 4
-                  for lf in layout.leaf_list())
+    # the minimum: each float32 gradient block summed once among the g devices that hold a
+    # copy (reduce-scatter) and the weights sent back in the dtype the forward pass uses
+    # (all-gather: 2 bytes in bfloat16 runs)
+    forward = {(k, n): jnp.dtype(d).itemsize for k, v in run.model.forward_dtypes().items()
+               for n, d in v.items()}
+    optimum = sum((lf.owners - 1) / lf.owners * lf.local_size * (4 + forward[k, n])
+                  for k, v in layout.leaves.items() for n, lf in v.items())
     memory = compiled.memory_analysis()
     sync = [o for o in ops if o["scope"] != "activations"]
     act = [o for o in ops if o["scope"] == "activations"]

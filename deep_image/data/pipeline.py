@@ -1,22 +1,69 @@
 """The Grain input pipeline: source -> per-epoch shuffle -> this process's slice -> random_map
 (decode, resize, crop, augment) -> threaded reads -> skip unreadable -> batch -> (worker
-processes when configured).
+processes) -> (on the devices, `device_prefetch` batches ahead of the step).
 
 Every element is a pure function of (seed, position in the stream), and the iterator's state is
-a position, so a resumed run sees exactly the batches an uninterrupted one would have seen.
-""" 
+a position, so a resumed run sees exactly the batches an uninterrupted one would have seen
+(also with batches prefetched: Grain's prefetch iterator saves the position of the last batch
+the loop took, not of the last one it read).
+
+Host parallelism: `data.workers` and `data.threads` of -1 are derived from the CPUs this
+process may use (`usable_cpus`: its affinity mask, and SLURM's CPUs per task); OpenCV runs
+single-threaded, since the pipeline's threads and workers are the parallelism.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
 import sys
 
+import cv2
 import grain
 from absl import flags
 import numpy as np
 
 from deep_image.data import augment, transforms
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (what `taskset`, cgroups' cpusets and
+    SLURM's binding leave it), at most SLURM's CPUs per task when SLURM says."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(cpus or 1, int(slurm)) if slurm.isdigit() and int(slurm) > 0
+               else cpus or 1)
+
+
+def host_parallelism(data_config, backend: str, cpus: int | None = None) -> tuple[int, int]:
+    """(Grain worker processes, read threads per process) for `data_config`: its own values
+    where they are >= 0; -1: one worker per usable CPU but one (the training process's own)
+    with 2 read threads each when the step runs on an accelerator, and no workers, one thread
+    per CPU, when the step itself runs on the CPUs (`backend` "cpu": workers would take the
+    cores the step needs) or `cache` is set."""
+    cpus = cpus or usable_cpus()
+    workers = data_config.workers
+    if workers < 0:     # (a host cache is per process: its read threads share it)
+        workers = 0 if backend == "cpu" or cpus < 3 or data_config.cache else cpus - 1
+    threads = data_config.threads
+    if threads < 0:
+        threads = 2 if workers else cpus
+    return workers, max(1, threads)
+
+
+def _one_opencv_thread(*_):
+    cv2.setNumThreads(1)
+
+
+def on_devices(ds: grain.IterDataset, put, depth: int) -> grain.IterDataset:
+    """`ds`'s batches through `put` (host arrays -> device arrays), `depth` batches ahead of
+    the consumer in a thread, so the copy overlaps the step (0: put when taken)."""
+    if depth <= 0:
+        return ds.map(put)
+    from grain.experimental import ThreadPrefetchIterDataset
+    return ThreadPrefetchIterDataset(ds.map(put), prefetch_buffer_size=depth)
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -61,10 +108,16 @@ class ResizedCache:
 
 
 def train_dataset(source, config, *, process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0) -> grain.IterDataset:
+                  start_step: int = 0, backend: str = "cpu") -> grain.IterDataset:
     """Endless shuffled, augmented training batches of this process: {'image', 'label'},
-    from global batch `start_step` on (a resumed run whose saved iterator does not fit)."""
+    from global batch `start_step` on (a resumed run whose saved iterator does not fit).
+    `backend` (the step's: jax.default_backend()) decides automatic host parallelism."""
     d = config.data
+    workers, threads = host_parallelism(d, backend)
+    if start_step == 0:
+        logging.info("input pipeline: %d Grain worker processes x %d read threads (%d usable "
+                     "CPUs), OpenCV single-threaded", workers, threads, usable_cpus())
+    _one_opencv_thread()
     if d.cache:
         if d.resize != "square":
             raise ValueError("config.data.cache needs config.data.resize='square'")
@@ -82,14 +135,15 @@ def train_dataset(source, config, *, process_index: int = 0, process_count: int 
         lambda i: stream[(i // local_batch) * g + process_index * local_batch + i % local_batch])
     # Read threads work on single examples; buffer `prefetch` batches' worth of them.
     it = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=d.threads, prefetch_buffer_size=max(d.threads, d.prefetch * local_batch)))
+        num_threads=threads, prefetch_buffer_size=max(threads, d.prefetch * local_batch)))
     it = it.filter(lambda x: x is not None)       # unreadable images, logged by the source
     it = it.batch(local_batch, drop_remainder=True)
-    if d.workers > 0:
+    if workers > 0:
         if not flags.FLAGS.is_parsed():   # Grain's workers read absl flags (library use)
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers,
-                                                         per_worker_buffer_size=d.prefetch))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                         per_worker_buffer_size=d.prefetch),
+                            worker_init_fn=_one_opencv_thread)
     return it
 
 
@@ -118,7 +172,7 @@ class EvalData:
                                             # whole images batch only at one square size
                                             resize_mode=d.resize if crop else "square",
                                             use_box=use_box))
-        self._threads = d.threads
+        self._threads = max(1, d.threads if d.threads >= 0 else usable_cpus())
         side = scale if crop is None else crop
         self._shape = (side, side, 3)
         self._cache = [] if cache else None

@@ -15,7 +15,9 @@ functions over plain nested dicts:
   with dropout masks drawn for the global batch so a split head drops what a whole one drops;
 - `dense_scores(params, images, ...)`: the fully convolutional form for dense testing (§5.1);
 - `classifier` (re-initialized for a new class set, trained by finetune=last) and `fc_layers`
-  (trained by finetune=fc).
+  (trained by finetune=fc);
+- `forward_dtypes()`: the dtype each parameter is computed in (the compute dtype for what the
+  forward pass casts, float32 for what it keeps, e.g. BatchNorm's scale and bias).
 Models know layer names, never meshes: collectives run over axis names the caller passes.
 """
 
@@ -54,6 +56,11 @@ class Model:
                                  "state's `stats` (e.g. Trained(...).stats) with its params")
             stats = self.abstract_stats
         return nnx.merge(self.graphdef, params, stats)
+
+    def forward_dtypes(self) -> dict:
+        """{layer: {name: dtype}}: the dtype the forward pass computes with each parameter in
+        (the lazy update gathers a weight in it: parallel/butterfly.py). Default: as stored."""
+        return {k: {n: x.dtype for n, x in v.items()} for k, v in self.abstract_params.items()}
 
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_params))

@@ -146,11 +146,18 @@ class ResNetModel(Model):
 
     def __init__(self, model_config, num_classes: int, input_size: int):
         self.dropout_rate = 0.0          # torchvision's ResNet has no dropout
+        self.compute_dtype = _DTYPES[model_config.dtype]
         make = functools.partial(ResNet, model_config.variant, num_classes,
                                  width=model_config.width, dtype=model_config.dtype,
                                  head_init=model_config.head_init)
         super().__init__(make, num_classes=num_classes, input_size=input_size,
                          variant=model_config.variant)
+
+    def forward_dtypes(self):
+        """Conv kernels and the FC layer in the compute dtype; BatchNorm's scale and bias in
+        float32 (BatchNorm normalizes in float32)."""
+        return {k: {n: self.compute_dtype if n == "kernel" or k == "fc" else jnp.float32
+                    for n in v} for k, v in self.abstract_params.items()}
 
     def _backbone(self, params, stats):
         return self.module({**{"fc": self.abstract_params["fc"]},

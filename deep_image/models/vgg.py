@@ -123,6 +123,10 @@ class VGGModel(Model):
         super().__init__(make, num_classes=num_classes, input_size=input_size,
                          variant=model_config.variant)
 
+    def forward_dtypes(self):
+        """Every weight, conv and FC, kernel and bias, is computed in the compute dtype."""
+        return {k: {n: self.compute_dtype for n in v} for k, v in self.abstract_params.items()}
+
     def _convs_only(self, params):
         """The module with these conv weights; FC leaves stay abstract (they may be split)."""
         return self.module({**{k: self.abstract_params[k] for k in FC_LAYERS},

@@ -45,8 +45,11 @@ class LeafLayout:
     split_dim: int | None = None     # dimension split over `split_axis`
     split_axis: str | None = None
     splits: int = 1                  # devices along split_axis
-    owner_axes: tuple[str, ...] = ()  # axes whose devices own 1/owners of the block each
+    owner_axes: tuple[str, ...] = ()  # axes whose devices hold identical copies of the block
     owners: int = 1
+    # a small leaf (bias, BatchNorm scale) kept whole on each of its owners: no gather, its
+    # gradient all-reduced among them; else each owner keeps 1/owners of it (flat)
+    whole: bool = False
 
     @property
     def local_shape(self) -> tuple[int, ...]:
@@ -66,7 +69,7 @@ class LeafLayout:
     @property
     def flat(self) -> bool:
         """Stored as owned parts (flattened) rather than in canonical shape."""
-        return self.owners > 1
+        return self.owners > 1 and not self.whole
 
     @property
     def stored_shape(self) -> tuple[int, ...]:
@@ -88,7 +91,7 @@ class LeafLayout:
         spec: list = [None] * len(self.shape)
         if self.split_dim is not None:
             spec[self.split_dim] = self.split_axis
-        if self.owners > 1:
+        if self.flat:
             for d, size in enumerate(self.local_shape):
                 if spec[d] is None and size % self.owners == 0:
                     spec[d] = self.owner_axes if len(self.owner_axes) > 1 else self.owner_axes[0]
@@ -217,11 +220,13 @@ def fc_axis_for(mesh_shape: dict, parallelism: str) -> str | None:
 
 
 def plan(abstract_params, mesh_shape: dict, parallelism: str, rules, *,
-         head_layers) -> Layout:
+         head_layers, whole_below: int = 0) -> Layout:
     """The layout of `abstract_params` ({layer: {name: array-like}}) on a mesh of `mesh_shape`
     ({axis: size}, axes `data` and `model`), checked for what the train step supports.
     `head_layers` (the model's) may be split over the FC axis; every other layer is data
-    parallel."""
+    parallel. Leaves of fewer than `whole_below` elements (per device) are kept whole on their
+    owners: one all-reduce of the gradient instead of a reduce-scatter and an all-gather each
+    (XLA combines the small all-reduces)."""
     if tuple(mesh_shape) != MESH_AXES:
         raise LayoutError(f"config.mesh must name the axes {MESH_AXES} in this order, got "
                           f"{tuple(mesh_shape)}")
@@ -266,10 +271,11 @@ def plan(abstract_params, mesh_shape: dict, parallelism: str, rules, *,
                     f"over {splits} devices ('{fc_axis}'); choose a model.width (or class "
                     "count) that it divides, or another mesh")
             owner_axes = tuple(a for a in axes if not (is_fc and a == fc_axis))
+            owners = math.prod(mesh_shape[a] for a in owner_axes)
             leaves[layer][name] = LeafLayout(
                 shape=shape, split_dim=split_dim, split_axis=fc_axis if split_dim is not None
-                else None, splits=splits, owner_axes=owner_axes,
-                owners=math.prod(mesh_shape[a] for a in owner_axes))
+                else None, splits=splits, owner_axes=owner_axes, owners=owners,
+                whole=owners > 1 and math.prod(shape) // splits < whole_below)
     layout = Layout(leaves=leaves, fc_axis=fc_axis, mesh_shape=dict(mesh_shape))
     _check_fc_chain(layout, head_layers)
     return layout

@@ -23,7 +23,8 @@ from deep_image.study import stats
 METRICS = ("eval/top1", "eval/top5", "eval/mean_per_class", "val/headline")
 # Keys that may differ between the runs: they change neither the numbers nor the protocol.
 HARMLESS = {"seed", "progress_bar", "log_every_steps", "checkpoint_every_steps",
-            "keep_checkpoints", "data.threads", "data.workers", "data.prefetch"}
+            "keep_checkpoints", "data.threads", "data.workers", "data.prefetch",
+            "data.device_prefetch"}
 
 
 class SeedsError(ValueError):

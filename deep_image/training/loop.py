@@ -96,13 +96,19 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
                   if config.data.val_split else None)
     class_names = list(train_source.class_names)
     num_classes = len(class_names)
-    train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
-                                             process_count=pcount))
     steps = total_steps(config, len(train_source))
 
     def put(batch):
         return {k: jax.make_array_from_process_local_data(batch_sharding, v)
                 for k, v in batch.items()}
+
+    def train_batches(start_step: int = 0):
+        """This process's training batches on the devices, `device_prefetch` ahead."""
+        return iter(pipeline.on_devices(pipeline.train_dataset(
+            train_source, config, process_index=pidx, process_count=pcount,
+            start_step=start_step, backend=jax.default_backend()), put,
+            config.data.device_prefetch))
+
 
     # ------------------------------------------------------------------ model, layout, state
     if mesh.size > 1 and config.optimizer.grad_clip_norm > 0:
@@ -128,16 +134,32 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
     own_notice = notice is None
     notice = notice or StopNotice().install()
     try:   # from here on every exit path closes the checkpointer (pending saves finish)
-        return _run(config, workdir, ckpt, run, train_source, train_iter, sources_by_prefix={
-            "val": val_source, "eval": eval_source}, steps=steps, put=put, notice=notice)
+        return _run(config, workdir, ckpt, run, train_source, train_batches, sources_by_prefix={
+            "val": val_source, "eval": eval_source}, steps=steps, notice=notice)
     finally:
         ckpt.close()
         if own_notice:
             notice.uninstall()
 
 
-def _run(config, workdir, ckpt, run, train_source, train_iter, *, sources_by_prefix, steps,
-         put, notice) -> dict:
+def _run(config, workdir, ckpt, run, train_source, train_batches, *, sources_by_prefix, steps,
+         notice) -> dict:
+    opened = []       # every training iterator, closed at the end (prefetch threads, workers)
+
+    def batches(start_step: int = 0):
+        opened.append(train_batches(start_step))
+        return opened[-1]
+
+    try:
+        return _train(config, workdir, ckpt, run, train_source, batches(), batches,
+                      sources_by_prefix=sources_by_prefix, steps=steps, notice=notice)
+    finally:
+        for it in opened:
+            it.close()
+
+
+def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, *,
+           sources_by_prefix, steps, notice) -> dict:
     state, shardings, model, layout, mesh = (run.state, run.shardings, run.model, run.layout,
                                              run.mesh)
     is_main = jax.process_index() == 0
@@ -164,8 +186,7 @@ def _run(config, workdir, ckpt, run, train_source, train_iter, *, sources_by_pre
             logging.warning("the checkpoint was written by %d processes, this run has %d: the "
                             "data stream restarts at global batch %d", saved_processes, pcount,
                             start)
-            train_iter = iter(pipeline.train_dataset(train_source, config, process_index=pidx,
-                                                     process_count=pcount, start_step=start))
+            train_iter = train_batches(start)
     start = int(jax.device_get(state.step))
     if start >= steps:
         return finished_result(config, workdir, start, steps)
@@ -215,8 +236,7 @@ def _run(config, workdir, ckpt, run, train_source, train_iter, *, sources_by_pre
     preempted = False
     try:
         while step < steps:
-            batch = next(train_iter)
-            state, metrics = train_step(state, put(batch))
+            state, metrics = train_step(state, next(train_iter))
             pending.append(metrics)
             step += 1
             writer.step()

@@ -38,7 +38,8 @@ def build(config, num_classes: int, *, mesh=None, abstract: bool = False) -> Set
     plateau_tx = state_lib.make_plateau(config.schedule)
     # §3: where each parameter lives (config.sharding_rules, config.parallelism, the mesh)
     layout = layout_lib.plan(model.abstract_params, dict(mesh.shape), config.parallelism,
-                             config.sharding_rules, head_layers=model.head_layers)
+                             config.sharding_rules, head_layers=model.head_layers,
+                             whole_below=config.whole_below)
     if abstract:
         state = state_lib.abstract_state(model, tx, plateau_tx, mesh, layout)
         shardings = jax.tree.map(lambda x: x.sharding, state)

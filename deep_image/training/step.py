@@ -100,6 +100,7 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
     # head rows are summed over the devices that are not along the FC axis
     row_axes = tuple(a for a in axes if a != fc_axis)
     n = mesh.size
+    dtypes = model.forward_dtypes()     # bfloat16 runs gather their weights in bfloat16
 
     def local(state, batch):
         images, labels = normalize(batch["image"], mean, std), batch["label"]
@@ -111,7 +112,7 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
         if fc_axis:
             labels = lax.all_gather(labels, fc_axis, tiled=True, to="invarying")
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        params = butterfly.lazy_gather(state.params, layout)
+        params = butterfly.lazy_gather(state.params, layout, dtypes)
         first = model.head_layers[0]
 
         def loss_fn(params):
