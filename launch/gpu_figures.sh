@@ -1,35 +1,69 @@
 #!/usr/bin/env bash
-# Every GPU figure the README quotes, from one run of at most ~8 minutes on one H100/H200:
+# Every GPU figure the README asks for, from one run of at most 8 minutes on one H100/H200 with
+# the device's own image (Python 3.12, jax 0.11 + CUDA, torch + CUDA; grain, ml_collections and
+# the other pure-Python wheels in ./.whl: ../shared/gpu/prepare_wheels.sh):
 #   bash launch/gpu_figures.sh [OUT]            (default OUT=gpu_figures)
-# 1. VGG-16 at 224 in bfloat16, batch 64 and 256: JAX images/s and MFU with the batch on the
-#    device and fed by the real input pipeline, and PyTorch on the same GPU (bfloat16 autocast,
-#    channels_last, torch.compile where it compiles), with the ratio;
-# 2. a profile of 5 steps (jax.profiler, OUT/profile) to see where the time goes and how much
-#    of the lazy update's all-gathers overlap compute;
-# 3. the input pipeline on the host's cores (can it feed the step rate?);
-# 4. the README's main job end to end.
-# Each step has its own time limit; results: OUT/*.json, OUT/*.txt, OUT/log.txt.
+#   SMALL=1 bash launch/gpu_figures.sh OUT      every phase at toy sizes (a CPU check, ~2 min)
+# Phases, each under its own time limit (LIMIT_<phase>=seconds overrides one):
+#   step_b128  VGG-16 at 224, bfloat16, batch 128: PyTorch first in its own process (bf16
+#              autocast, channels_last, cudnn.benchmark, torch.compile), then JAX: setup +
+#              compile + first step, median and p90 step, images/s, MFU, peak memory; a
+#              5-step profile summarised per op class; the step fed by the real pipeline
+#              (512x512 q90 JPEGs -> 224 crops, all six augmentations, Grain workers from the
+#              host's CPUs, batches put on the GPU 2 ahead)
+#   step_b256  the same at batch 256, without profile and pipeline
+#   pipeline   the input pipeline alone: per-stage images/s per core, and the Grain pipeline
+#              against worker counts, with the host cores one GPU needs
+# bench.step writes its JSON after every phase (atomically), so a phase killed by its limit
+# keeps what it had measured. Results (<= 8 files, as the device tool returns them): OUT/log.txt
+# (environment + every phase's tail), OUT/<phase>.json, OUT/<phase>.txt. The compilation cache
+# and the profile trace live under /tmp (a rerun on the same machine compiles nothing).
 set -uo pipefail
 OUT=${1:-gpu_figures}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-run() {  # name, seconds, command...
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/deep_image_jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-1}
+PY=${PYTHON:-python3}
+LOG="$OUT/log.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then      # the device image lacks grain, ml_collections, ...
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/deep_image_site .whl/*.whl >>"$LOG" 2>&1 || echo "wheels failed" >>"$LOG"
+  export PYTHONPATH=/tmp/deep_image_site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+{ echo "=== environment $(date '+%F %T')"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -4
+  echo "cpus: $(nproc)"
+  $PY -c "import sys, jax, flax, optax, grain; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'grain', grain.__version__, jax.devices())" 2>&1 | tail -1
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1
+} >>"$LOG"
+cat "$LOG"
+
+run() {  # phase, default seconds, command...
   local name=$1 secs=$2; shift 2
-  echo "=== $name: $*" | tee -a "$OUT/log.txt"
+  local var="LIMIT_$name"; secs=${!var:-$secs}
+  echo "=== $name (limit ${secs} s): $*" | tee -a "$LOG"
   local t0=$SECONDS
-  timeout "$secs" "$@" > "$OUT/$name.txt" 2>&1
-  echo "--- $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"
-  tail -n 12 "$OUT/$name.txt" | tee -a "$OUT/log.txt"
+  timeout --kill-after=10 "$secs" "$@" >"$OUT/$name.txt" 2>&1; local rc=$?
+  grep -v -E '^[IW][0-9]{4} ' "$OUT/$name.txt" | tail -n 16 | tee -a "$LOG"
+  echo "--- $name: exit $rc after $((SECONDS - t0)) s$([ $rc = 124 ] && echo ' (time limit)')" \
+    | tee -a "$LOG"
 }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
-  python -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-} > "$OUT/env.txt" 2>&1
-run step_vgg16_b64 110 python -m deep_image.bench.step --variant=vgg16 --crop=224 --batch=64 \
-  --dtype=bfloat16 --steps=20 --json="$OUT/step_vgg16_b64.json"
-run step_vgg16_b256 130 python -m deep_image.bench.step --variant=vgg16 --crop=224 --batch=256 \
-  --dtype=bfloat16 --steps=10 --json="$OUT/step_vgg16_b256.json" --profile="$OUT/profile"
-run pipeline 80 python -m deep_image.bench.pipeline --json "$OUT/pipeline.json" --images 200 \
-  --seconds 1
-run main_job 140 python -m deep_image.train --config=experiments/synthetic.py \
-  --workdir="$OUT/main_job"
-ls -la "$OUT"
+
+if [ -n "${SMALL:-}" ]; then   # the same phases at toy sizes
+  NET=(--variant=vgg11 --width=0.0625 --crop=32); B1=8; B2=16; STEPS=3
+  IN=(--jpegs=32 --jpeg_scale=64); PIPE=(--images=16 --seconds=0.3 --grain_workers=0,1)
+else
+  NET=(--variant=vgg16 --crop=224); B1=128; B2=256; STEPS=20
+  IN=(--jpegs=256 --jpeg_scale=512); PIPE=(--images=200 --seconds=1 --grain_workers=0,4,8,15)
+fi
+run step_b128 210 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B1 --dtype=bfloat16 \
+  --steps=$STEPS --torch_timeout=120 --profile=/tmp/deep_image_profile "${IN[@]}" \
+  --json="$OUT/step_b128.json"
+run step_b256 150 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B2 --dtype=bfloat16 \
+  --steps=$((STEPS / 2 + 1)) --torch_timeout=90 --nopipeline --json="$OUT/step_b256.json"
+run pipeline 80 $PY -m deep_image.bench.pipeline "${PIPE[@]}" --json="$OUT/pipeline.json"
+echo "=== done $(date '+%F %T')" | tee -a "$LOG"
+ls -la "$OUT" | tee -a "$LOG"

@@ -172,3 +172,21 @@ class HeldPort:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def reference_plateau(errors, *, factor, patience, cooldown, rtol, min_scale):
+    """optax.contrib.reduce_on_plateau's rule as a loop: the scale after each evaluation
+    (test_update_rule.py and test_schedule.py check the code against it)."""
+    scale, best, bad, cool, out = 1.0, float("inf"), 0, 0, []
+    for e in errors:
+        if e < (1.0 - rtol) * best:
+            best, bad = e, 0
+        else:
+            bad += 1
+        if cool > 0:                       # cooling down: bad evaluations are not counted
+            bad, cool = 0, cool - 1
+        elif bad == patience:
+            scale, bad, cool = scale * factor, 0, cooldown
+        scale = max(scale, min_scale)
+        out.append(scale)
+    return out

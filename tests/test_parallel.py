@@ -127,7 +127,7 @@ def test_bfloat16_runs_gather_weights_in_bfloat16_and_compute_the_same(result):
 
 def test_lazy_update_gathers_each_layer_on_its_own(result):
     """§3.1's lazy update: one all-gather per stored block, none merged with another layer's
-    (launch/slurm/train.sbatch keeps XLA's GPU all-gather combiner off for the same reason),
+    (deep_image/xla_flags.py keeps XLA's GPU all-gather combiner off for the same reason),
     so a layer's forward waits for its own weights only."""
     gathers, flat = result["lazy_gathers"], result["flat_leaves"]
     assert all(len(shapes) == 1 for shapes in gathers), gathers          # no tuple gathers

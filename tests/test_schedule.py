@@ -14,10 +14,9 @@ The source `wired` (registered in sources.SOURCES for the test only) serves:
 import numpy as np
 import pytest
 
-from conftest import records, tiny_config
+from conftest import records, reference_plateau, tiny_config
 from deep_image.data import sources, synthetic
 from deep_image.training import loop
-from test_update_rule import reference_plateau
 
 NUM_CLASSES = 16
 CONSTANT_SIZE = 48

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import reference_plateau, tiny_config
 from deep_image.training import setup as setup_lib
 from deep_image.training import state as state_lib
 from deep_image.training import step as step_lib
@@ -47,23 +47,6 @@ def _fixture(steps, seed=0):
 
 
 # ------------------------------------------------------------------------- the reference
-
-def reference_plateau(errors, *, factor, patience, cooldown, rtol, min_scale):
-    """optax.contrib.reduce_on_plateau's rule as a loop: the scale after each evaluation."""
-    scale, best, bad, cool, out = 1.0, np.inf, 0, 0, []
-    for e in errors:
-        if e < (1.0 - rtol) * best:
-            best, bad = e, 0
-        else:
-            bad += 1
-        if cool > 0:                       # cooling down: bad evaluations are not counted
-            bad, cool = 0, cool - 1
-        elif bad == patience:
-            scale, bad, cool = scale * factor, 0, cooldown
-        scale = max(scale, min_scale)
-        out.append(scale)
-    return out
-
 
 def reference_sgd(params, grads, *, lr, momentum, nesterov, weight_decay, warmup=0,
                   decay_steps=(), factor=0.1, scales=None, clip=0.0, trained=None):

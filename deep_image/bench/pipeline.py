@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from deep_image import config as config_lib
+from deep_image.bench import hardware
 from deep_image.data import augment, synthetic, transforms
 
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
@@ -47,17 +48,14 @@ flags.DEFINE_float("mfu", 0.5, "Model FLOP utilization assumed for the cores-per
 FLAGS = flags.FLAGS
 
 SCALE, CROP = 512, 224
-GPU_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0}   # bf16 dense, NVIDIA datasheet
+GPUS = {"H100 SXM": "NVIDIA H100 80GB HBM3", "H100 PCIe": "NVIDIA H100 PCIe"}   # device names
 # forward multiply-adds per 224 image: VGG-16 from models/vgg.py; ResNet-50: 3.8e9 (He et
 # al. 2016, Table 1, which counts multiply-adds as FLOPs)
 RESNET50_MULTIPLY_ADDS = 3.8e9
 
 
-def make_jpegs(n: int) -> list[bytes]:
-    spec = synthetic.SynthBirdsSpec(native_size=SCALE)
-    return [cv2.imencode(".jpg", cv2.cvtColor(synthetic.render(spec, "train", i)[0],
-                                               cv2.COLOR_RGB2BGR),
-                         [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in range(n)]
+def make_jpegs(n: int, size: int = SCALE) -> list[bytes]:
+    return synthetic.jpeg_files(n, size)
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -170,8 +168,8 @@ def cores_per_gpu(per_core: float, mfu: float) -> dict:
                "resnet50": RESNET50_MULTIPLY_ADDS}
     out = {}
     for model, macs in forward.items():
-        for gpu, peak in GPU_PEAK_TFLOPS.items():
-            rate = peak * 1e12 * mfu / (3 * 2 * macs)
+        for gpu, name in GPUS.items():
+            rate = hardware.peak_tflops(name, "bfloat16") * 1e12 * mfu / (3 * 2 * macs)
             out.setdefault(model, {})[gpu] = {"images_per_second": rate,
                                               "cores": rate / per_core}
     return out

@@ -1,32 +1,41 @@
 """Training throughput and model FLOP utilization on whatever devices JAX sees.
 
     python -m deep_image.bench.step [--variant=vgg16] [--width=1] [--crop=224] [--batch=64]
-        [--dtype=bfloat16] [--steps=20] [--peak_tflops=989] [--json=PATH]
-        [--parallelism=data|model_data] [--model_axis=1]
+        [--dtype=bfloat16] [--steps=20] [--peak_tflops=989] [--json=PATH] [--profile=DIR]
+        [--parallelism=data|model_data] [--model_axis=1] [--input=jpeg|synthetic]
 
-Times the real train step (over all devices JAX sees: `--parallelism` and `--model_axis` pick
-the §3 layout when there are several) with (a) one synthetic batch already on the devices, to
-isolate the model, and (b) batches from the real Grain pipeline (SynthBirds rendered at the
-crop size), to show whether input is the bottleneck. FLOPs come from the model: 2 x multiply-
-adds forward, x3 for forward + backward (VGG-16 at 224: 15.47 G multiply-adds, ~92.8 GFLOP per
-trained image). Where PyTorch is installed, the same network (torchvision's layout, SGD with
-momentum, channels_last; on a GPU bfloat16 autocast and torch.compile) is timed on the same
-device in the same run, with its ratio and MFU.
+Phases, each writing the JSON when it ends (atomically), so a phase killed by a time limit
+loses only itself:
+  torch     PyTorch, the same network (torchvision's layout, SGD with momentum, channels_last;
+            on a GPU bfloat16 autocast, cudnn.benchmark and torch.compile where it compiles),
+            in its own process, first: no JAX in it, nothing reserved by JAX's allocator
+  model     the real train step (over all devices JAX sees: `--parallelism`, `--model_axis`)
+            on one batch already on the devices: first-step (compile) seconds, median and
+            p90 step, images/s, MFU, peak device memory
+  profile   (--profile) a jax.profiler trace of 5 steps, summarised as ms per step per op
+            class (bench/profile_summary.py)
+  pipeline  the step fed by the real input pipeline: `--input=jpeg` (default) writes `--jpegs`
+            q90 JPEGs of `--jpeg_scale` px to an image folder and trains on it as a run would
+            (decode, resize, 224 crop, all six augmentations, Grain workers from the CPUs,
+            batches put on the devices 2 ahead); `synthetic` renders SynthBirds at the crop
+FLOPs come from the model: 2 x multiply-adds forward, x3 for forward + backward (VGG-16 at
+224: 15.47 G multiply-adds, ~92.8 GFLOP per trained image).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
-import jax
 import numpy as np
 from absl import app, flags
 
 from deep_image import config as config_lib
-from deep_image import xla_flags
-from deep_image.models import vgg
+from deep_image.bench.hardware import peak_tflops
 
 flags.DEFINE_string("model", "vgg", "Model family (config.model.name).")
 flags.DEFINE_string("variant", "vgg16", "Model variant (vgg11/16/19, resnet18/50).")
@@ -39,15 +48,37 @@ flags.DEFINE_enum("parallelism", "data", ["data", "model_data"], "With several d
 flags.DEFINE_integer("model_axis", 1, "Devices on the mesh's model axis (hybrid when > 1).")
 flags.DEFINE_float("peak_tflops", 0.0, "Peak dense TFLOP/s of one device for MFU (0: known "
                    "table for GPUs, none for CPUs).")
-flags.DEFINE_bool("pipeline", True, "Also time with the real input pipeline.")
+flags.DEFINE_bool("pipeline", True, "Also time the step fed by the real input pipeline.")
+flags.DEFINE_enum("input", "jpeg", ["jpeg", "synthetic"], "The pipeline phase's input.")
+flags.DEFINE_integer("jpegs", 256, "JPEG files the pipeline phase reads (--input=jpeg).")
+flags.DEFINE_integer("jpeg_scale", 512, "Their side, and the resize scale (the paper's 512).")
+flags.DEFINE_integer("pipeline_workers", -1, "Grain workers of the pipeline phase (-1: from "
+                     "the CPUs).")
 flags.DEFINE_bool("torch", True, "Also time PyTorch on the same device when installed.")
+flags.DEFINE_bool("torch_only", False, "Time PyTorch alone (the torch phase's own process).")
+flags.DEFINE_integer("torch_timeout", 300, "Seconds the PyTorch process may take.")
 flags.DEFINE_bool("torch_compile", True, "On a GPU, torch.compile PyTorch's network.")
-flags.DEFINE_string("json", None, "Write the results here.")
+flags.DEFINE_integer("num_classes", 16, "Classes (SynthBirds: 16).")
+flags.DEFINE_string("json", None, "Write the results here (after every phase).")
 flags.DEFINE_string("profile", None, "Also write a jax.profiler trace of 5 steps here.")
 FLAGS = flags.FLAGS
 
-PEAK_TFLOPS = {("H100", "bfloat16"): 989.0, ("H100", "float32"): 67.0,
-               ("H200", "bfloat16"): 989.0, ("A100", "bfloat16"): 312.0}
+def save(result: dict, path: str | None) -> None:
+    """Writes `result` to `path` atomically (a killed process leaves the last phase's)."""
+    if not path:
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+
+
+def step_stats(seconds: list[float], batch: int) -> dict:
+    s = np.asarray(seconds)
+    return {"median_step_seconds": float(np.median(s)),
+            "p90_step_seconds": float(np.percentile(s, 90)),
+            "images_per_second": batch / float(np.median(s)),
+            "images_per_second_mean": batch * len(s) / float(s.sum())}
 
 
 def _config():
@@ -56,57 +87,57 @@ def _config():
     c.model.width, c.model.dtype = FLAGS.width, FLAGS.dtype
     c.data.scale = c.data.crop = FLAGS.crop
     c.data.synthetic.native_size = FLAGS.crop
-    c.data.threads = 8
     c.batch_size = FLAGS.batch
     c.parallelism = FLAGS.parallelism
     c.mesh = (("data", -1), ("model", FLAGS.model_axis))
     return c
 
 
-def _time(step_fn, state, batches, steps):
+def _timed_steps(step_fn, state, batches, steps: int):
+    """(state, [seconds of each step]) over `steps` steps after 3 warm-up ones; each step is
+    waited for, so the times are the device's."""
+    import jax
     for b in batches(3):
         state, m = step_fn(state, b)
     jax.block_until_ready(m)
-    t0 = time.perf_counter()
+    times = []
     for b in batches(steps):
+        t0 = time.perf_counter()
         state, m = step_fn(state, b)
-    jax.block_until_ready(m)
-    return state, (time.perf_counter() - t0) / steps
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return state, times
 
 
-def _torch_rate(num_classes: int, device: str) -> dict | None:
-    """PyTorch's images/s for the same network, batch and crop on `device` ("cpu" or "cuda"):
-    torchvision's layout, channels_last, SGD with momentum; on a GPU bfloat16 autocast (when
-    --dtype=bfloat16) and torch.compile where it compiles."""
+# ---------------------------------------------------------------------------------- PyTorch
+def torch_rate() -> dict | None:
+    """PyTorch's step on the same network, batch and crop, on CUDA when it has a GPU, else the
+    CPU: torchvision's layout, channels_last, SGD with momentum; on a GPU bfloat16 autocast
+    (when --dtype=bfloat16), cudnn.benchmark and torch.compile where it compiles. None
+    without PyTorch."""
     try:
         import torch
     except ImportError:
         return None
-    if device == "cuda" and not torch.cuda.is_available():
-        return None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
     if FLAGS.model == "vgg":
+        from deep_image.models.vgg import fc_input_side
         from deep_image.tools.torch_vgg import torchvision_layout_vgg
-        net = torchvision_layout_vgg(FLAGS.variant, FLAGS.width, num_classes,
-                                     vgg.fc_input_side(FLAGS.crop))
+        net = torchvision_layout_vgg(FLAGS.variant, FLAGS.width, FLAGS.num_classes,
+                                     fc_input_side(FLAGS.crop))
     else:
         from deep_image.tools.torch_resnet import torchvision_layout_resnet
-        net = torchvision_layout_resnet(FLAGS.variant, FLAGS.width, num_classes)
+        net = torchvision_layout_resnet(FLAGS.variant, FLAGS.width, FLAGS.num_classes)
     net = net.to(device=device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(FLAGS.batch, 3, FLAGS.crop, FLAGS.crop, device=device)
     x = x.to(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (FLAGS.batch,), device=device)
+    y = torch.randint(0, FLAGS.num_classes, (FLAGS.batch,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()
     autocast = device == "cuda" and FLAGS.dtype == "bfloat16"
-    compiled = False
-    if device == "cuda" and FLAGS.torch_compile:
-        try:
-            forward = torch.compile(net)
-            compiled = True
-        except Exception:   # no compiler on this host: eager
-            forward = net
-    else:
-        forward = net
+    compiled = device == "cuda" and FLAGS.torch_compile
+    forward = torch.compile(net) if compiled else net
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -118,33 +149,92 @@ def _torch_rate(num_classes: int, device: str) -> dict | None:
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
+    t0 = time.perf_counter()
     try:
         for _ in range(3):
             step()
-    except Exception:     # torch.compile failing at the first call: eager instead
+    except Exception as e:     # torch.compile failing at the first call: eager instead
         if not compiled:
             raise
+        print(f"torch.compile failed ({type(e).__name__}: {e}); timing eager", flush=True)
         forward, compiled = net, False
         for _ in range(3):
             step()
     sync()
-    t0 = time.perf_counter()
+    warmup = time.perf_counter() - t0
+    times = []
     for _ in range(FLAGS.steps):
+        t = time.perf_counter()
         step()
-    sync()
-    return {"images_per_second": FLAGS.batch * FLAGS.steps / (time.perf_counter() - t0),
-            "device": device, "compiled": compiled, "autocast_bfloat16": autocast}
+        sync()
+        times.append(time.perf_counter() - t)
+    out = {"device": device, "compiled": compiled, "autocast_bfloat16": autocast,
+           "cudnn_benchmark": True, "warmup_seconds": warmup, **step_stats(times, FLAGS.batch)}
+    if device == "cuda":
+        out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        out["device_name"] = torch.cuda.get_device_name()
+    return out
+
+
+def _torch_in_own_process() -> dict:
+    """The torch phase: this benchmark with --torch_only in a child process (its own CUDA
+    context; JAX not yet started here), bounded by --torch_timeout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "torch.json")
+        args = [f"--{k}={getattr(FLAGS, k)}" for k in
+                ("model", "variant", "width", "crop", "batch", "dtype", "steps",
+                 "num_classes")] + [f"--torch_compile={FLAGS.torch_compile}"]
+        try:
+            proc = subprocess.run([sys.executable, "-m", "deep_image.bench.step",
+                                   "--torch_only", f"--json={out}", *args],
+                                  capture_output=True, text=True, timeout=FLAGS.torch_timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {FLAGS.torch_timeout} s"}
+        if proc.returncode or not os.path.exists(out):
+            return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+        with open(out) as f:
+            return json.load(f)["torch"] or {"error": "PyTorch is not installed"}
+
+
+# ---------------------------------------------------------------------------------- input
+def jpeg_source(root: str):
+    """An image folder of --jpegs q90 JPEGs of --jpeg_scale px (SynthBirds images, labels
+    i % --num_classes) under `root`, read as a run reads one (data/archives.py)."""
+    from deep_image.data import sources, synthetic
+    for i, data in enumerate(synthetic.jpeg_files(FLAGS.jpegs, FLAGS.jpeg_scale)):
+        folder = os.path.join(root, "train", f"class{i % FLAGS.num_classes:03d}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
+            f.write(data)
+    c = config_lib.base()
+    c.data.source, c.data.root = "folder", root
+    return sources.get_source(c.data, "train")
 
 
 def main(argv):
     del argv
-    from deep_image.data import pipeline, sources
+    result = {"variant": FLAGS.variant, "width": FLAGS.width, "crop": FLAGS.crop,
+              "batch": FLAGS.batch, "dtype": FLAGS.dtype}
+    if FLAGS.torch_only:
+        result["torch"] = torch_rate()
+        print(json.dumps(result["torch"]))
+        save(result, FLAGS.json)
+        return
+    if FLAGS.torch:                 # first: before this process's JAX takes the GPU's memory
+        result["torch"] = _torch_in_own_process()
+        save(result, FLAGS.json)
+
+    import jax
+
+    from deep_image import xla_flags
+    from deep_image.data import pipeline
+    from deep_image.models import vgg
     from deep_image.parallel import mesh as mesh_lib
     from deep_image.training import setup as setup_lib
 
     c = _config()
-    source = sources.get_source(c.data, "train")
-    num_classes = len(source.class_names)
+    num_classes = FLAGS.num_classes
+    t0 = time.perf_counter()
     run = setup_lib.build(c, num_classes)
     mesh, state, step_fn = run.mesh, run.state, run.train_step
     batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -154,11 +244,12 @@ def main(argv):
                                      batch_sharding),
              "label": jax.device_put(rng.integers(0, num_classes, c.batch_size)
                                      .astype(np.int32), batch_sharding)}
-    state, t_model = _time(step_fn, state, lambda n: [fixed] * n, FLAGS.steps)
-    if FLAGS.profile:    # where the step's time goes (TensorBoard's profile plugin reads it)
-        with jax.profiler.trace(FLAGS.profile):
-            state, _ = _time(step_fn, state, lambda n: [fixed] * n, 5)
+    state, m = step_fn(state, fixed)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0            # setup, compilation and the first step
 
+    # ------------------------------------------------------------------ model
+    state, times = _timed_steps(step_fn, state, lambda n: [fixed] * n, FLAGS.steps)
     # 2 FLOPs per multiply-add, x3 for forward + backward; other families: XLA's count
     if c.model.name == "vgg":
         flops_per_image = 6 * vgg.multiply_adds(c.model.variant, c.model.width, c.data.crop,
@@ -169,62 +260,104 @@ def main(argv):
         flops_per_image = cost["flops"] / c.batch_size
     devices = jax.devices()
     kind = devices[0].device_kind
-    peak = FLAGS.peak_tflops or next((v for (k, d), v in PEAK_TFLOPS.items()
-                                      if k in kind and d == c.model.dtype), 0.0)
-    result = {"device": kind, "devices": len(devices), "mesh": dict(mesh.shape),
-              "parallelism": c.parallelism, "variant": c.model.variant,
-              "width": c.model.width, "crop": c.data.crop, "batch": c.batch_size,
-              "dtype": c.model.dtype, "gflop_per_image": flops_per_image / 1e9,
-              "images_per_second_on_device": c.batch_size / t_model,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""),
-              "deep_image_xla_defaults": xla_flags.ADDED}
+    peak = FLAGS.peak_tflops or peak_tflops(kind, c.model.dtype)
+    stats = step_stats(times, c.batch_size)
+    result.update({
+        "device": kind, "devices": len(devices), "mesh": dict(mesh.shape),
+        "parallelism": c.parallelism, "gflop_per_image": flops_per_image / 1e9,
+        "first_step_seconds": first, **{f"model_{k}": v for k, v in stats.items()},
+        "images_per_second_on_device": stats["images_per_second"],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "deep_image_xla_defaults": xla_flags.ADDED})
     achieved = flops_per_image * result["images_per_second_on_device"]
     result["achieved_tflops"] = achieved / 1e12
     if peak:
+        result["peak_tflops"] = peak
         result["mfu"] = achieved / (peak * 1e12 * len(devices))
+    memory = devices[0].memory_stats() or {}
+    if "peak_bytes_in_use" in memory:
+        result["peak_memory_bytes"] = memory["peak_bytes_in_use"]
+    torch_result = result.get("torch") or {}
+    if torch_result.get("images_per_second"):
+        rate = torch_result["images_per_second"]
+        result["jax_over_torch"] = result["images_per_second_on_device"] / rate
+        if peak:
+            result["torch_mfu"] = flops_per_image * rate / (peak * 1e12)
+    save(result, FLAGS.json)
+    _print_model(result, c, kind)
+
+    # ------------------------------------------------------------------ profile
+    if FLAGS.profile:    # where the step's time goes (TensorBoard's profile plugin reads it)
+        from deep_image.bench import profile_summary
+        with jax.profiler.trace(FLAGS.profile, create_perfetto_trace=True):
+            state, _ = _timed_steps(step_fn, state, lambda n: [fixed] * n, 5)
+        hlo = step_fn.lower(state, fixed).compile().as_text()
+        # 8 steps ran under the trace: 3 warm-up + 5
+        result["profile_ms_per_step"] = profile_summary.summarize(FLAGS.profile, hlo, 8)
+        save(result, FLAGS.json)
+        print("  ms per step by op class: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in result["profile_ms_per_step"].items() if v))
+
+    # ------------------------------------------------------------------ pipeline
     if FLAGS.pipeline:
-        it = iter(pipeline.train_dataset(source, c))
+        def put(batch):
+            return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+                    for k, v in batch.items()}
+        with tempfile.TemporaryDirectory() as root:
+            if FLAGS.input == "jpeg":
+                source = jpeg_source(root)
+                c.data.scale = FLAGS.jpeg_scale
+                c.data.augment.update(config_lib.all_six())
+            else:
+                from deep_image.data import sources
+                source = sources.get_source(c.data, "train")
+            c.data.workers = FLAGS.pipeline_workers
+            workers, threads = pipeline.host_parallelism(c.data, jax.default_backend())
+            it = iter(pipeline.on_devices(pipeline.train_dataset(
+                source, c, backend=jax.default_backend()), put, c.data.device_prefetch))
+            try:
+                state, times = _timed_steps(step_fn, state,
+                                            lambda n: [next(it) for _ in range(n)],
+                                            FLAGS.steps)
+            finally:
+                it.close()
+        stats = step_stats(times, c.batch_size)
+        result.update({"pipeline_input": FLAGS.input, "pipeline_workers": workers,
+                       "pipeline_threads": threads, "pipeline_scale": c.data.scale,
+                       "images_per_second_with_pipeline": stats["images_per_second_mean"],
+                       **{f"pipeline_{k}": v for k, v in stats.items()}})
+        save(result, FLAGS.json)
+        print(f"  {'images/s, real input pipeline':<40}"
+              f"{result['images_per_second_with_pipeline']:.1f}  ({FLAGS.input}, {workers} "
+              f"workers x {threads} threads)")
 
-        def real(n):
-            for _ in range(n):
-                b = next(it)
-                yield {k: jax.make_array_from_process_local_data(batch_sharding, v)
-                       for k, v in b.items()}
-        state, t_real = _time(step_fn, state, real, FLAGS.steps)
-        result["images_per_second_with_pipeline"] = c.batch_size / t_real
-    if FLAGS.torch:
-        torch_result = _torch_rate(num_classes, "cpu" if devices[0].platform == "cpu"
-                                   else "cuda")
-        if torch_result:
-            rate = torch_result["images_per_second"]
-            result["torch"] = torch_result
-            result["torch_images_per_second"] = rate
-            result["jax_over_torch"] = result["images_per_second_on_device"] / rate
-            if peak:
-                result["torch_mfu"] = flops_per_image * rate / (peak * 1e12)
 
+def _print_model(result, c, kind):
+    from deep_image import xla_flags
     print(f"{c.model.variant} x{c.model.width:g} at {c.data.crop}px, batch {c.batch_size}, "
-          f"{c.model.dtype}, {len(devices)} x {kind}, {c.parallelism} over {dict(mesh.shape)}")
+          f"{c.model.dtype}, {result['devices']} x {kind}, {c.parallelism} over "
+          f"{result['mesh']}")
     print(f"  {xla_flags.describe()}")
     print(f"  {'model GFLOP per trained image':<40}{result['gflop_per_image']:.2f}")
+    print(f"  {'setup + compile + first step, s':<40}{result['first_step_seconds']:.1f}")
+    print(f"  {'step median / p90, ms':<40}{1e3 * result['model_median_step_seconds']:.1f} / "
+          f"{1e3 * result['model_p90_step_seconds']:.1f}")
     print(f"  {'images/s, batch on device':<40}{result['images_per_second_on_device']:.1f}")
     print(f"  {'achieved TFLOP/s':<40}{result['achieved_tflops']:.3f}")
     if "mfu" in result:
         print(f"  {'MFU':<40}{100 * result['mfu']:.1f}%")
-    if "images_per_second_with_pipeline" in result:
-        print(f"  {'images/s, real input pipeline':<40}"
-              f"{result['images_per_second_with_pipeline']:.1f}")
-    if "torch" in result:
-        t = result["torch"]
+    if "peak_memory_bytes" in result:
+        print(f"  {'peak device memory, GiB':<40}{result['peak_memory_bytes'] / 2**30:.2f}")
+    t = result.get("torch")
+    if t and "images_per_second" in t:
         how = (f"PyTorch {t['device']}{', compiled' if t['compiled'] else ''}"
                f"{', bf16 autocast' if t['autocast_bfloat16'] else ''}")
-        print(f"  {how + ' images/s':<40}{result['torch_images_per_second']:.1f}  "
+        print(f"  {how + ' images/s':<40}{t['images_per_second']:.1f}  "
               f"(JAX / PyTorch = {result['jax_over_torch']:.2f})")
         if "torch_mfu" in result:
             print(f"  {'PyTorch MFU':<40}{100 * result['torch_mfu']:.1f}%")
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(result, f, indent=2)
+    elif t:
+        print(f"  PyTorch: {t.get('error', t)}")
 
 
 if __name__ == "__main__":

@@ -409,3 +409,11 @@ def prerender(spec: SynthBirdsSpec, split: str, directory: str) -> str:
             np.save(f, array)
         os.replace(tmp, path + suffix)
     return path
+
+
+def jpeg_files(n: int, size: int, quality: int = 90) -> list[bytes]:
+    """The first `n` training images at `size` x `size` as JPEG files' bytes (benchmarks of
+    the decoding pipeline: bench.pipeline, bench.step)."""
+    spec = SynthBirdsSpec(native_size=size)
+    return [cv2.imencode(".jpg", cv2.cvtColor(render(spec, "train", i)[0], cv2.COLOR_RGB2BGR),
+                         [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for i in range(n)]

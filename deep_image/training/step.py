@@ -20,12 +20,17 @@ from deep_image.parallel.layout import fc_kind
 from deep_image.training import state as state_lib
 
 
+OPTIMIZER_SCOPE = "optimizer_update"
+
+
 def apply_update(tx, config, state: state_lib.TrainState, grads):
     """The §5.1 update, shared by every layout: direction (weight decay + momentum) from optax,
-    times -lr (warm-up x plateau scale). Returns (new state, lr)."""
-    direction, opt_state = tx.update(grads, state.opt_state, state.params)
-    lr = state_lib.learning_rate(config, state)
-    params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+    times -lr (warm-up x plateau scale). Returns (new state, lr). Under the named scope
+    OPTIMIZER_SCOPE, so a profile can say what the update costs (bench/profile_summary.py)."""
+    with jax.named_scope(OPTIMIZER_SCOPE):
+        direction, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = state_lib.learning_rate(config, state)
+        params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), lr
 
 
