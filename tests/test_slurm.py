@@ -161,6 +161,8 @@ def test_a_failing_run_fails_and_is_not_requeued(slurm, submit, tmp_path):
     error in its log, and the script does not requeue it."""
     job = submit(tmp_path / "w", train_args=["--config.total_steps=-1"])
     info = slurm.wait(job)
+    wait_for(lambda: slurm.last_run_ended(job), timeout=120,
+             what=f"the end of job {job}'s processes")
     log = _log(tmp_path / "w", job)
     assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), (info, log)
     assert "error: config.total_steps=-1" in log, log
@@ -177,7 +179,9 @@ def test_plain_scancel_cancels(slurm, submit, tmp_path):
     wait_for(lambda: "=== job" in _log(tmp_path / "w", job), timeout=120,
              what=f"job {job}'s first line")
     slurm.run("scancel", job)
-    info = slurm.wait(job)
+    info = slurm.wait(job)       # CANCELLED at once, while the batch script still runs:
+    wait_for(lambda: slurm.last_run_ended(job), timeout=120,    # its last lines come after
+             what=f"the end of job {job}'s processes")
     log = _log(tmp_path / "w", job)
     assert (info["JobState"], info["Restarts"]) == ("CANCELLED", "0"), (info, log)
     assert "SLURM decides" in log and "requeueing" not in log, log

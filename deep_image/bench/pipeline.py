@@ -18,7 +18,7 @@ Then the pipeline training runs (`data/pipeline.py`: Grain, an image folder of t
 JPEGs, all six augmentations, batches of 32) against the number of Grain worker processes
 (`--grain_workers`; 0: read threads in this process), in steady state (after a warm-up that
 starts the workers), and what it means for a GPU: the images/s one H100 trains at for VGG-16
-and ResNet-50 at 224 (train FLOPs = 3 x forward, at `--mfu` of the bfloat16 dense peak),
+and ResNet-50 at 224 (train FLOPs = 3 x forward, at `--gpu_mfu` of the bfloat16 dense peak),
 divided by the pipeline's images/s per core: the host cores each GPU needs.
 """
 
@@ -44,14 +44,11 @@ flags.DEFINE_integer("images", 200, "Distinct source images.")
 flags.DEFINE_integer("workers", 0, "Processes for the all-cores run (0: os.cpu_count()).")
 flags.DEFINE_float("seconds", 3.0, "Minimum time per measurement.")
 flags.DEFINE_list("grain_workers", ["0", "1", "2"], "Grain worker counts of the pipeline run.")
-flags.DEFINE_float("mfu", 0.5, "Model FLOP utilization assumed for the cores-per-GPU figure.")
+flags.DEFINE_float("gpu_mfu", 0.5, "Model FLOP utilization assumed for the cores-per-GPU "
+                   "figure.")
 FLAGS = flags.FLAGS
 
 SCALE, CROP = 512, 224
-GPUS = {"H100 SXM": "NVIDIA H100 80GB HBM3", "H100 PCIe": "NVIDIA H100 PCIe"}   # device names
-# forward multiply-adds per 224 image: VGG-16 from models/vgg.py; ResNet-50: 3.8e9 (He et
-# al. 2016, Table 1, which counts multiply-adds as FLOPs)
-RESNET50_MULTIPLY_ADDS = 3.8e9
 
 
 def make_jpegs(n: int, size: int = SCALE) -> list[bytes]:
@@ -161,20 +158,6 @@ def grain_rate(jpegs: list[bytes], workers: int, seconds: float, batch: int = 32
             it.close()
 
 
-def cores_per_gpu(per_core: float, mfu: float) -> dict:
-    """{model: {gpu: (images/s one GPU trains at, host cores at `per_core` images/s)}}."""
-    from deep_image.models.vgg import multiply_adds
-    forward = {"vgg16": multiply_adds("vgg16", 1.0, CROP, 1000),
-               "resnet50": RESNET50_MULTIPLY_ADDS}
-    out = {}
-    for model, macs in forward.items():
-        for gpu, name in GPUS.items():
-            rate = hardware.peak_tflops(name, "bfloat16") * 1e12 * mfu / (3 * 2 * macs)
-            out.setdefault(model, {})[gpu] = {"images_per_second": rate,
-                                              "cores": rate / per_core}
-    return out
-
-
 def main(argv):
     del argv
     workers = FLAGS.workers or os.cpu_count()
@@ -228,9 +211,10 @@ def main(argv):
         result["grain"][str(w)] = {"images_per_second": rate, "per_core": rate / busy}
         print(f"{w:>8}{rate:>12.1f}{rate / busy:>10.1f}")
     best = max(v["per_core"] for v in result["grain"].values())
-    result["cores_per_gpu"] = cores_per_gpu(best, FLAGS.mfu)
+    result["cores_per_gpu"] = hardware.cores_per_gpu(best, FLAGS.gpu_mfu, CROP)
     result["cores_per_gpu_at_per_core"] = best
-    print(f"host cores per GPU at {best:.0f} images/s per core (MFU {FLAGS.mfu:g}, 224 crops):")
+    print(f"host cores per GPU at {best:.0f} images/s per core (MFU {FLAGS.gpu_mfu:g}, "
+          f"{CROP} crops):")
     for model, gpus in result["cores_per_gpu"].items():
         print("  " + model + ": " + ", ".join(
             f"{gpu} {v['images_per_second']:,.0f} img/s -> {v['cores']:.1f} cores"
