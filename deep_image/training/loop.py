@@ -109,7 +109,6 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
             start_step=start_step, backend=jax.default_backend()), put,
             config.data.device_prefetch))
 
-
     # ------------------------------------------------------------------ model, layout, state
     if mesh.size > 1 and config.optimizer.grad_clip_norm > 0:
         raise config_lib.ConfigError("config.optimizer.grad_clip_norm needs the global gradient "
