@@ -135,11 +135,7 @@ def grain_rate(jpegs: list[bytes], workers: int, seconds: float, batch: int = 32
 
     from deep_image.data import pipeline, sources
     with tempfile.TemporaryDirectory() as root:
-        for split in ("train", "test"):
-            os.makedirs(os.path.join(root, split, "bird"))
-        for i, data in enumerate(jpegs):
-            with open(os.path.join(root, "train", "bird", f"{i:05d}.jpg"), "wb") as f:
-                f.write(data)
+        synthetic.write_image_folder(root, jpegs)
         c = config_lib.base()
         c.data.source, c.data.root = "folder", root
         c.data.scale, c.data.crop = SCALE, CROP

@@ -201,11 +201,8 @@ def jpeg_source(root: str):
     """An image folder of --jpegs q90 JPEGs of --jpeg_scale px (SynthBirds images, labels
     i % --num_classes) under `root`, read as a run reads one (data/archives.py)."""
     from deep_image.data import sources, synthetic
-    for i, data in enumerate(synthetic.jpeg_files(FLAGS.jpegs, FLAGS.jpeg_scale)):
-        folder = os.path.join(root, "train", f"class{i % FLAGS.num_classes:03d}")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
-            f.write(data)
+    synthetic.write_image_folder(root, synthetic.jpeg_files(FLAGS.jpegs, FLAGS.jpeg_scale),
+                                 FLAGS.num_classes)
     c = config_lib.base()
     c.data.source, c.data.root = "folder", root
     return sources.get_source(c.data, "train")

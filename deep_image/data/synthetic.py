@@ -417,3 +417,13 @@ def jpeg_files(n: int, size: int, quality: int = 90) -> list[bytes]:
     spec = SynthBirdsSpec(native_size=size)
     return [cv2.imencode(".jpg", cv2.cvtColor(render(spec, "train", i)[0], cv2.COLOR_RGB2BGR),
                          [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for i in range(n)]
+
+
+def write_image_folder(root: str, jpegs: list[bytes], num_classes: int = 1) -> None:
+    """`jpegs` as an image folder under `root` (`train/class000/00000.jpg`, ...; labels
+    i % num_classes), readable with config.data.source='folder' (data/archives.py)."""
+    for i, data in enumerate(jpegs):
+        folder = os.path.join(root, "train", f"class{i % num_classes:03d}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
+            f.write(data)
