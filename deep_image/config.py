@@ -71,6 +71,15 @@ def base() -> ml_collections.ConfigDict:
     c.data.prefetch = 2                # batches buffered per worker
     c.data.device_prefetch = 2         # batches put on the devices ahead of the step (0: none)
     c.data.cache = False               # keep resized training images in memory (§3.1)
+    # §3.1: "use device memory to cache the training data" (data/device_cache.py). host: the
+    # Grain pipeline augments on the host; device: the training split decoded and resized once
+    # into device memory (replicated if it fits, else split over the devices), crops and the
+    # six augmentations drawn and applied in the train step (data/device_augment.py)
+    c.data.placement = "host"
+    c.data.device_memory = 0           # bytes per device the cache plans with (0: what the
+                                       # device reports; CPU: the host's available memory)
+    c.data.device_cache_share = 0.5    # of the memory left after the state (the rest: the
+                                       # step's activations and temporaries)
     c.data.synthetic = ml_collections.ConfigDict()   # the embedded benchmark (data/synthetic.py)
     c.data.synthetic.num_classes = 16
     c.data.synthetic.native_size = 128
@@ -226,6 +235,14 @@ def check(config: ml_collections.ConfigDict) -> None:
          f"config.data.workers={d.workers}, threads={d.threads}, prefetch={d.prefetch}, "
          f"device_prefetch={d.device_prefetch}: workers >= 0 and threads > 0, or -1 for both "
          "to derive them from the CPUs; prefetch > 0; device_prefetch >= 0")
+    need(d.placement in ("host", "device"),
+         f"config.data.placement={d.placement!r}; choose host or device")
+    need(d.placement == "host" or d.resize == "square",
+         "config.data.placement='device' caches square images: set config.data.resize="
+         "'square' (or placement='host')")
+    need(0 < d.device_cache_share <= 1 and d.device_memory >= 0,
+         f"config.data.device_cache_share={d.device_cache_share} must be in (0, 1] and "
+         f"config.data.device_memory={d.device_memory} >= 0 (0: ask the device)")
     need(config.whole_below >= 0, f"config.whole_below must be >= 0 (0: every leaf in parts), "
          f"got {config.whole_below}")
     for key in ("batch_size", "eval_batch_size"):

@@ -19,13 +19,14 @@ import numpy as np
 
 from deep_image import config as config_lib
 from deep_image import xla_flags
-from deep_image.data import pipeline, sources
+from deep_image.data import device_cache, pipeline, sources
 from deep_image.evaluation import metrics as metrics_lib
 from deep_image.evaluation.evaluator import Evaluator, Protocol
 from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import finetune
 from deep_image.training import state as state_lib
 from deep_image.training import setup as setup_lib
+from deep_image.training import step as step_lib
 from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
 from deep_image.training.metrics_writer import MetricsWriter
 from deep_image.training.preemption import StopNotice
@@ -102,8 +103,14 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
         return {k: jax.make_array_from_process_local_data(batch_sharding, v)
                 for k, v in batch.items()}
 
+    cache_plan = None     # placement 'device': where the training split goes (after the state)
+
     def train_batches(start_step: int = 0):
-        """This process's training batches on the devices, `device_prefetch` ahead."""
+        """This process's training batches on the devices, `device_prefetch` ahead; with the
+        device cache, the cache (the step draws its batches from it)."""
+        if cache_plan is not None:
+            return device_cache.DeviceStream(device_cache.build(
+                train_source, cache_plan, mesh, pipeline.usable_cpus()))
         return iter(pipeline.on_devices(pipeline.train_dataset(
             train_source, config, process_index=pidx, process_count=pcount,
             start_step=start_step, backend=jax.default_backend()), put,
@@ -115,6 +122,13 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
                                      "norm, which the parallel step does not compute; set it "
                                      "to 0 or train on one device")
     run = setup_lib.build(config, num_classes, mesh=mesh)
+    if config.data.placement == "device":   # sized against what the state left: still before
+        try:                                  # anything is written
+            cache_plan = device_cache.plan(len(train_source), config, mesh, run.state)
+        except device_cache.DeviceCacheError as e:
+            raise config_lib.ConfigError(str(e)) from None
+        run.train_step = step_lib.build_train_step(run.model, run.tx, config, mesh, run.layout,
+                                                   run.state, cache_plan)
     workdir = prepare_workdir(workdir)   # after sources and layout: bad input writes nothing
     logging.info("%s", xla_flags.describe())
     logging.info("%s width %g: %s parameters, %d classes, %dx%d crops of %dx%d images",
@@ -124,6 +138,8 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
     if mesh.size > 1:
         logging.info("mesh %s, parallelism %s: head layers split over %s", dict(mesh.shape),
                      config.parallelism, run.layout.fc_axis or "no axis")
+    if cache_plan is not None:
+        logging.info("%s", cache_plan.describe())
 
     # ------------------------------------------------------------------ checkpoint / resume
     ckpt_dir = checkpoint_dir(workdir)
@@ -174,18 +190,24 @@ def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, 
     train_step = run.train_step
     # each process saved its own position in the data; on another process count the stream
     # restarts at the step's global batch instead
-    saved_processes = (ckpt.meta() or {}).get("processes", pcount)
+    # (the device cache's position is the step: nothing to save; a checkpoint of the other
+    # placement has no position this stream could take either)
+    saved = ckpt.meta() or {}
+    saved_processes = saved.get("processes", pcount)
+    placement = config.data.placement
+    same_stream = saved_processes == pcount and saved.get("placement", "host") == placement
+    data_state = train_iter if placement == "host" else None
     restored, start = ckpt.restore(state_lib.abstract_with_shardings(shardings, state),
-                                   train_iter if saved_processes == pcount else None,
-                                   layout=layout)
+                                   data_state if same_stream else None, layout=layout)
     if restored is not None:
         state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, start)
-        if saved_processes != pcount:
-            logging.warning("the checkpoint was written by %d processes, this run has %d: the "
-                            "data stream restarts at global batch %d", saved_processes, pcount,
+        if placement == "host" and not same_stream:
+            logging.warning("the checkpoint was written by %d processes (placement %s), this "
+                            "run has %d (placement host): the data stream restarts at global "
+                            "batch %d", saved_processes, saved.get("placement", "host"), pcount,
                             start)
-            train_iter = train_batches(start)
+            train_iter = data_state = train_batches(start)
     start = int(jax.device_get(state.step))
     if start >= steps:
         return finished_result(config, workdir, start, steps)
@@ -196,7 +218,7 @@ def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, 
         _write_config(workdir, config)
     meta = {"class_names": class_names, "num_classes": len(class_names),
             "config": json.loads(config.to_json()),
-            "layout": layout.describe(), "processes": pcount}
+            "layout": layout.describe(), "processes": pcount, "placement": placement}
     # Periodic evaluation: one centre crop (quick). Only the validation split feeds the
     # schedule; the reported split is scored for curves, and no decision reads it.
     headline = config.eval.headline
@@ -264,7 +286,7 @@ def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, 
                 last_eval["schedule/lr_scale"] = float(jax.device_get(state.plateau.scale))
                 writer.write(step, last_eval)
             if save:
-                ckpt.save(step, state, train_iter, meta, wait=done or stop)
+                ckpt.save(step, state, data_state, meta, wait=done or stop)
             if stop:
                 preempted = True
                 break

@@ -13,6 +13,7 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from deep_image.data import device_cache
 from deep_image.evaluation.evaluator import normalize
 from deep_image.parallel import butterfly
 from deep_image.parallel import mesh as mesh_lib
@@ -40,11 +41,16 @@ def updates_stats(config) -> bool:
     return config.finetune == "all"
 
 
-def make_train_step(model, tx, config, state_shardings, batch_sharding, out_sharding):
+def make_train_step(model, tx, config, state_shardings, batch_sharding, out_sharding,
+                    cache=None):
+    """`cache` (a data/device_cache.Plan): the step's input is the device cache, from which
+    it draws and augments its batch (placement 'device'); else a batch of crops."""
     mean, std = tuple(config.data.mean), tuple(config.data.std)
     update = updates_stats(config)
 
     def train_step(state: state_lib.TrainState, batch):
+        if cache is not None:
+            batch = device_cache.global_batch(batch, state.step, cache)
         images = normalize(batch["image"], mean, std)
         labels = batch["label"]
         dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -69,23 +75,25 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
         }
         return state, metrics
 
-    return jax.jit(train_step,
-                   in_shardings=(state_shardings, {"image": batch_sharding,
-                                                   "label": batch_sharding}),
+    inputs = ({"image": batch_sharding, "label": batch_sharding} if cache is None else
+              {"images": batch_sharding, "labels": batch_sharding})
+    return jax.jit(train_step, in_shardings=(state_shardings, inputs),
                    out_shardings=(state_shardings, out_sharding),
                    donate_argnums=0)
 
 
-def build_train_step(model, tx, config, mesh, layout, state):
+def build_train_step(model, tx, config, mesh, layout, state, cache=None):
     """The train step for `mesh`: §3's shard_map step on several devices, the plain jitted step
-    on one. `state` (arrays or ShapeDtypeStructs) carries the shardings."""
+    on one. `state` (arrays or ShapeDtypeStructs) carries the shardings. `cache` (a
+    data/device_cache.Plan): the step takes the device cache and draws its own batch."""
     if mesh.size > 1:
-        return make_parallel_train_step(model, tx, config, mesh, layout, state)
+        return make_parallel_train_step(model, tx, config, mesh, layout, state, cache)
     return make_train_step(model, tx, config, jax.tree.map(lambda x: x.sharding, state),
-                           mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh))
+                           mesh_lib.batch_sharding(mesh) if cache is None else
+                           mesh_lib.replicated(mesh), mesh_lib.replicated(mesh), cache)
 
 
-def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
+def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state, cache=None):
     """The train step of §3 over a mesh of several devices, as one `jax.shard_map` program,
     jitted with the state (in `layout`'s stored form) donated.
 
@@ -108,11 +116,14 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
     dtypes = model.forward_dtypes()     # bfloat16 runs gather their weights in bfloat16
 
     def local(state, batch):
+        # this device's block of rows, and the first row of its FC group
+        block = lax.axis_index(batch_axes)
+        if cache is not None:     # placement 'device': its rows drawn from the cache here
+            batch = device_cache.local_batch(batch, state.step, cache, block,
+                                             config.batch_size // n)
         images, labels = normalize(batch["image"], mean, std), batch["label"]
         b = labels.shape[0]
         total = b * n
-        # this device's block of rows, and the first row of its FC group
-        block = lax.axis_index(batch_axes)
         row0 = (block - (lax.axis_index(fc_axis) * _stride(mesh, fc_axis) if fc_axis else 0)) * b
         if fc_axis:
             labels = lax.all_gather(labels, fc_axis, tiled=True, to="invarying")
@@ -145,7 +156,8 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state):
         return state, metrics
 
     specs = layout.state_specs(abstract_state)
-    batch_spec = {"image": P(batch_axes), "label": P(batch_axes)}   # as the loop shards it
+    batch_spec = ({"image": P(batch_axes), "label": P(batch_axes)} if cache is None else
+                  {"images": device_cache.spec(cache), "labels": device_cache.spec(cache)})
     # check_vma: FC psums transpose to broadcasts, and a replicated value's gradient is never
     # summed implicitly (the butterfly's psum_scatter is the one gradient reduction).
     step = jax.shard_map(local, mesh=mesh, in_specs=(specs, batch_spec), out_specs=(specs, P()),
