@@ -6,7 +6,10 @@ vs single-device training on the same global batches. Prints one JSON line.
 
 `columns`: other sharding rules (FC1 whole, FC2 and FC3 by columns), so the step's other
 ways of computing an FC layer are checked too. `--family=resnet`: ResNet-18 at 1/8 width,
-whose BatchNorm statistics (over the global batch) must match one device's too. `--bf16`:
+whose BatchNorm statistics (over the global batch) must match one device's too. `--placement=device`
+(sharded: the device cache split over the 8 devices; replicated: whole on each): the steps take
+the device cache and draw and augment (all six ops) their own batches, which must be the
+global batches one device draws. `--bf16`:
 also one bfloat16 step on the mesh with every leaf in parts, whose lazy update gathers each
 weight in the dtype the forward pass computes it in, against the same step gathering float32
 (what the forward pass then rounds): they must be bitwise equal.
@@ -22,7 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import tiny_config  # noqa: E402
+from deep_image import config as config_lib  # noqa: E402
 from deep_image.bench.scaling import collectives, lowered_types  # noqa: E402
+from deep_image.data import augment, device_cache  # noqa: E402
 from deep_image.models.base import Model  # noqa: E402
 from deep_image.parallel import layout as layout_lib  # noqa: E402
 from deep_image.parallel import mesh as mesh_lib  # noqa: E402
@@ -108,6 +113,22 @@ def bf16_gather(config, batch, mesh) -> dict:
                                for n, d in v.items()}}
 
 
+def device_caches(config, mesh, shards: int):
+    """The device cache of 64 random 40x40 images with labels (and the plan) for one device
+    and for `mesh`: the same arrays, placed as each steps needs them."""
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (shards, 64 // shards, 40, 40, 3), dtype=np.uint8)
+    labels = rng.integers(0, 16, (shards, 64 // shards)).astype(np.int32)
+    axes = tuple(a for a in mesh.axis_names if mesh.shape[a] > 1)
+    plan = device_cache.Plan(shards=shards, axes=axes, images=64, scale=40,
+                             bytes_per_device=0, left_per_device=0, crop=config.data.crop,
+                             batch_size=config.batch_size, seed=config.seed,
+                             settings=augment.Settings.of(config_lib.all_six()))
+    on_mesh = {k: jax.device_put(v, device_cache.sharding(plan, mesh))
+               for k, v in (("images", images), ("labels", labels))}
+    return plan, {"images": images, "labels": labels}, on_mesh
+
+
 class _StoredDtypes:
     """A model whose lazy update gathers every weight as stored (float32)."""
 
@@ -131,9 +152,21 @@ def main():
     bf16 = bf16_gather(config, batches[0], mesh_lib.make_mesh(
         (("data", data), ("model", model_axis)))) if "--bf16" in sys.argv else None
 
+    placement = next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--placement=")),
+                     "host")
+    mesh = mesh_lib.make_mesh((("data", data), ("model", model_axis)))
+    mesh_batches = batches
+    if placement != "host":     # every step takes the cache and draws its own batch
+        plan, host_cache, mesh_cache = device_caches(config, mesh,
+                                                     8 if placement == "sharded" else 1)
+        batches, mesh_batches = [host_cache] * STEPS, [mesh_cache] * STEPS
+
     # One device.
     one = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", 1), ("model", 1)),
                                                               jax.devices()[:1]))
+    if placement != "host":
+        one.train_step = step_lib.build_train_step(one.model, one.tx, config, one.mesh,
+                                                   one.layout, one.state, plan)
     model, canonical, state = one.model, one.layout, one.state
     init_params = jax.device_get(canonical.from_stored(jax.device_get(state.params)))
     ref_losses, ref_params, ref_stats, ref_inputs = [], [], [], []
@@ -145,8 +178,10 @@ def main():
         ref_stats.append(jax.device_get(state.stats))
 
     # The mesh: created already sharded from the same seed (so the same initial weights).
-    run = setup_lib.build(config, 16, mesh=mesh_lib.make_mesh((("data", data),
-                                                               ("model", model_axis))))
+    run = setup_lib.build(config, 16, mesh=mesh)
+    if placement != "host":
+        run.train_step = step_lib.build_train_step(run.model, run.tx, config, mesh, run.layout,
+                                                   run.state, plan)
     mesh, layout, pstate, step = run.mesh, run.layout, run.state, run.train_step
     init_diff = max_diff(layout.from_stored(jax.device_get(pstate.params)), init_params)
     # what creating the sharded state costs one device (params + momentum out, temporaries)
@@ -154,7 +189,7 @@ def main():
     key = jax.random.PRNGKey(config.seed)
     memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh)) \
         .lower(key).compile().memory_analysis()
-    hlo = step.lower(pstate, batches[0]).compile().as_text()
+    hlo = step.lower(pstate, mesh_batches[0]).compile().as_text()
 
     def against_one_device(i, out, metrics):
         """(loss, largest parameter difference, largest statistic difference) of a mesh step's
@@ -164,7 +199,7 @@ def main():
                 max_diff(jax.device_get(out.stats), ref_stats[i]))
 
     free = []                    # the mesh's own trajectory
-    for i, b in enumerate(batches):
+    for i, b in enumerate(mesh_batches):
         pstate, m = step(pstate, b)
         free.append(against_one_device(i, pstate, m))
     # Forced: every step also from one device's own state before it (converted to the mesh's
@@ -172,7 +207,7 @@ def main():
     # can only be as close as the trajectory is stable, and ResNet's is not (test_parallel.py).
     shardings = jax.tree.map(lambda x: x.sharding, pstate)
     forced = []
-    for i, b in enumerate(batches):
+    for i, b in enumerate(mesh_batches):
         start = jax.device_put(layout_lib.relayout(ref_inputs[i], canonical, layout), shardings)
         forced.append(against_one_device(i, *step(start, b)))
     (losses, diffs, stat_diffs), (forced_losses, forced_diffs, forced_stat_diffs) = (
