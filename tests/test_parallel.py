@@ -1,7 +1,8 @@
 """§3 parallelism on 8 simulated CPU devices (in a subprocess, so the rest of the suite keeps
 one device): data (butterfly synchronization + lazy update), model_data on all devices, and
 the hybrid (FC split over `model`, data parallel over `data`) each equal single-device
-training; layouts and rule errors in-process."""
+training, also when the steps draw their batches from the device cache; layouts and rule errors
+in-process."""
 
 import json
 import os
@@ -22,7 +23,12 @@ MODES = {"data": ("data", 8, 1, "--bf16"), "model_data": ("model_data", 8, 1),
          # the second family: ResNet-18 (1/8 width), cross-device BatchNorm, its fc by columns
          # (model_data on all 8 is the hybrid's code with another FC axis size: VGG covers it)
          "resnet_data": ("data", 8, 1, "--family=resnet"),
-         "resnet_hybrid": ("model_data", 2, 4, "--family=resnet", "--bf16")}
+         "resnet_hybrid": ("model_data", 2, 4, "--family=resnet", "--bf16"),
+         # placement 'device' (data/device_cache.py): each step draws and augments its own
+         # rows from the device cache, split over the 8 devices or whole on each; the checks
+         # below are the layout's (before the "+"), on the global batches one device draws
+         "data+device_sharded": ("data", 8, 1, "--placement=sharded"),
+         "hybrid+device_replicated": ("model_data", 2, 4, "--placement=replicated")}
 
 
 def _run(parallelism, data, model, *rules):
@@ -37,7 +43,7 @@ def _run(parallelism, data, model, *rules):
 
 @pytest.fixture(scope="module", params=list(MODES))
 def result(request):
-    return {"mode": request.param, **_run(*MODES[request.param])}
+    return {"mode": request.param.split("+")[0], **_run(*MODES[request.param])}
 
 
 def test_same_loss_and_parameters_as_one_device(result):
