@@ -12,8 +12,10 @@
 #              (512x512 q90 JPEGs -> 224 crops, all six augmentations, Grain workers from the
 #              host's CPUs, batches put on the GPU 2 ahead)
 #   step_b256  the same at batch 256, without profile and pipeline
-#   pipeline   the input pipeline alone: per-stage images/s per core, and the Grain pipeline
-#              against worker counts, with the host cores one GPU needs
+#   pipeline   the input pipeline alone: the device augmentation (data/device_augment.py,
+#              placement 'device') on the GPU in images/s at batch 256 (written first), then
+#              per-stage host images/s per core, and the Grain pipeline against worker
+#              counts, with the host cores one GPU needs
 # bench.step writes its JSON after every phase (atomically), so a phase killed by its limit
 # keeps what it had measured. Results (<= 8 files, as the device tool returns them): OUT/log.txt
 # (environment + every phase's tail), OUT/<phase>.json, OUT/<phase>.txt. The compilation cache
@@ -54,16 +56,18 @@ run() {  # phase, default seconds, command...
 
 if [ -n "${SMALL:-}" ]; then   # the same phases at toy sizes
   NET=(--variant=vgg11 --width=0.0625 --crop=32); B1=8; B2=16; STEPS=3
-  IN=(--jpegs=32 --jpeg_scale=64); PIPE=(--images=16 --seconds=0.3 --grain_workers=0,1)
+  IN=(--jpegs=32 --jpeg_scale=64)
+  PIPE=(--images=16 --seconds=0.3 --grain_workers=0,1 --device_batch=8)
 else
   NET=(--variant=vgg16 --crop=224); B1=128; B2=256; STEPS=20
-  IN=(--jpegs=256 --jpeg_scale=512); PIPE=(--images=200 --seconds=1 --grain_workers=0,4,8,15)
+  IN=(--jpegs=256 --jpeg_scale=512)
+  PIPE=(--images=200 --seconds=1 --grain_workers=0,4,8,15 --device_batch=256)
 fi
 run step_b128 210 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B1 --dtype=bfloat16 \
   --steps=$STEPS --torch_timeout=120 --profile=/tmp/deep_image_profile "${IN[@]}" \
   --json="$OUT/step_b128.json"
-run step_b256 150 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B2 --dtype=bfloat16 \
+run step_b256 130 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B2 --dtype=bfloat16 \
   --steps=$((STEPS / 2 + 1)) --torch_timeout=90 --nopipeline --json="$OUT/step_b256.json"
-run pipeline 80 $PY -m deep_image.bench.pipeline "${PIPE[@]}" --json="$OUT/pipeline.json"
+run pipeline 110 $PY -m deep_image.bench.pipeline "${PIPE[@]}" --json="$OUT/pipeline.json"
 echo "=== done $(date '+%F %T')" | tee -a "$LOG"
 ls -la "$OUT" | tee -a "$LOG"

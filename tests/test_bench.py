@@ -66,3 +66,20 @@ def test_step_benchmark_saves_each_phase_before_the_next(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_pipeline_benchmark_measures_the_device_augmentation_alone(tmp_path):
+    """`--parts=device`: only the device path's three stages, written to the JSON (the GPU
+    script runs it this way)."""
+    out = tmp_path / "pipeline.json"
+    proc = subprocess.run([sys.executable, "-m", "deep_image.bench.pipeline", "--parts=device",
+                           "--images=4", "--seconds=0.2", "--device_batch=4", f"--json={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    device = result["device"]
+    assert device["backend"] == "cpu" and device["batch"] == 4
+    for stage in ("device_crop_flip", "device_augment_only", "device_augment_all_ops"):
+        assert device[stage] > 0 and device[f"{stage}_per_core"] > 0
+    assert "grain" not in result and "decode_per_core" not in result
