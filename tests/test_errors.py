@@ -40,3 +40,11 @@ def test_unwritable_workdir(tmp_path):
     blocker.write_text("not a directory")
     line = _one_line_error(run_train(blocker / "run"))
     assert "not writable" in line and str(blocker) in line
+
+
+def test_a_device_cache_that_does_not_fit_names_the_sizes_and_writes_nothing(tmp_path):
+    workdir = tmp_path / "never_created"
+    line = _one_line_error(run_train(workdir, "--config.data.placement=device",
+                                     "--config.data.device_memory=100000"))
+    assert "the training split needs 1.2 MiB" in line and "placement='host'" in line
+    assert not workdir.exists()
