@@ -35,6 +35,10 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"          # compute dtype: float32 | bfloat16; parameters stay float32
     c.model.dropout_rate = constants.DROPOUT_RATE
     c.model.head_init = "he"           # the classifier's initial weights: he | zeros
+    # none | blocks: keep only each block's output for the backward pass (VGG block, ResNet
+    # residual block) and recompute inside it (models/base.py): less activation memory for
+    # about one more forward pass
+    c.model.remat = "none"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"        # see deep_image.data.sources.SOURCES
@@ -100,8 +104,14 @@ def base() -> ml_collections.ConfigDict:
     c.eval.flip = False                # also score the mirrored image, average the posteriors
     c.eval.bbox = False                # crop to the dataset's box at test time (CUB "Ours+BBox")
     c.eval.headline = "top1"           # top1 | mean_per_class | top5_error: the paper's metric
+    c.eval.use_ema = False             # evaluate (and let the schedule read) the weights' EMA
+                                       # (needs config.ema_decay > 0)
 
     c.batch_size = 256                 # global, over all devices and hosts
+    # Gradient accumulation: each update is the update of the whole batch, computed as this
+    # many micro-batches one after another on every device (their gradients summed before the
+    # one butterfly sync): activation memory of batch_size / accumulate_steps
+    c.accumulate_steps = 1
     c.eval_batch_size = 256
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = constants.LEARNING_RATE
@@ -109,6 +119,10 @@ def base() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = constants.WEIGHT_DECAY
     c.optimizer.nesterov = False
     c.optimizer.grad_clip_norm = 0.0   # 0: off
+    # An exponential moving average of the weights, updated after every step (timm's
+    # --model-ema): ema = decay x ema + (1 - decay) x weights; kept in the train state and the
+    # checkpoint. 0: none. Typical: 0.999 (a window of ~1,000 steps)
+    c.ema_decay = 0.0
 
     # §5.1: divide the learning rate by ten when validation accuracy stops increasing. The
     # schedule watches config.eval.headline (the benchmark's own metric) on data.val_split.
@@ -199,6 +213,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     need(config.model.dtype in MODEL_DTYPES,
          f"config.model.dtype={config.model.dtype!r}; choose one of {', '.join(MODEL_DTYPES)}")
     need(config.model.width > 0, f"config.model.width must be > 0, got {config.model.width}")
+    need(config.model.remat in models.base.REMAT,
+         f"config.model.remat={config.model.remat!r}; choose one of "
+         f"{', '.join(models.base.REMAT)}")
     need(config.model.head_init in ("he", "zeros"),
          f"config.model.head_init={config.model.head_init!r}; choose he or zeros")
     need(config.data.source in sources.SOURCES,
@@ -224,6 +241,10 @@ def check(config: ml_collections.ConfigDict) -> None:
          "or the output of deep_image.tools.import_weights")
     need(config.eval.protocol in ("center_crop", "dense"),
          f"config.eval.protocol={config.eval.protocol!r}; choose center_crop or dense")
+    need(0 <= config.ema_decay < 1, f"config.ema_decay={config.ema_decay} must be in [0, 1) "
+         "(0: no moving average)")
+    need(not config.eval.use_ema or config.ema_decay > 0,
+         "config.eval.use_ema=True needs the moving average: set config.ema_decay (e.g. 0.999)")
     need(config.eval.headline in HEADLINES,
          f"config.eval.headline={config.eval.headline!r}; choose one of {', '.join(HEADLINES)}")
     need(all(s >= config.data.crop for s in config.eval.scales),
@@ -247,6 +268,10 @@ def check(config: ml_collections.ConfigDict) -> None:
          f"got {config.whole_below}")
     for key in ("batch_size", "eval_batch_size"):
         need(config[key] > 0, f"config.{key} must be > 0, got {config[key]}")
+    need(config.accumulate_steps >= 1 and config.batch_size % config.accumulate_steps == 0,
+         f"config.batch_size={config.batch_size} does not split into config.accumulate_steps="
+         f"{config.accumulate_steps} micro-batches; make it a multiple of it (accumulate_steps "
+         ">= 1)")
     need(config.total_steps >= 0 and config.num_epochs >= 0,
          f"config.total_steps={config.total_steps}, config.num_epochs={config.num_epochs}: "
          "neither may be negative (total_steps=0 derives the steps from num_epochs)")

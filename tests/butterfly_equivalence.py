@@ -9,7 +9,9 @@ ways of computing an FC layer are checked too. `--family=resnet`: ResNet-18 at 1
 whose BatchNorm statistics (over the global batch) must match one device's too. `--placement=device`
 (sharded: the device cache split over the 8 devices; replicated: whole on each): the steps take
 the device cache and draw and augment (all six ops) their own batches, which must be the
-global batches one device draws. `--bf16`:
+global batches one device draws. `--accumulate=K`: also each step from one device's
+state with K micro-batches per update on the mesh, against one device's whole-batch step, and
+the collectives of that program. `--bf16`:
 also one bfloat16 step on the mesh with every leaf in parts, whose lazy update gathers each
 weight in the dtype the forward pass computes it in, against the same step gathering float32
 (what the forward pass then rounds): they must be bitwise equal.
@@ -48,6 +50,10 @@ def collective_summary(hlo: str, emitted: dict | None = None) -> dict:
     promotes to float32; bench.scaling.lowered_types)."""
     ops = collectives(hlo, 8, emitted)
     return {"reduce_scatter": sum(o["kind"] == "reduce-scatter" for o in ops),
+            # the gradient synchronization's and the lazy update's collectives (the rest:
+            # FC activations over the FC axis, one set per micro-batch)
+            "sync_collectives": sorted(f"{o['kind']} {o['shapes']}" for o in ops
+                                       if o["scope"] in ("butterfly_sync", "lazy_gather")),
             "all_gather": sum(o["kind"] == "all-gather" for o in ops),
             # the lazy update's gathers, each with the shapes it returns (a merged gather
             # returns a tuple of several layers' parts)
@@ -210,6 +216,19 @@ def main():
     for i, b in enumerate(mesh_batches):
         start = jax.device_put(layout_lib.relayout(ref_inputs[i], canonical, layout), shardings)
         forced.append(against_one_device(i, *step(start, b)))
+    accumulated = None
+    k = next((int(a.split("=")[1]) for a in sys.argv[1:] if a.startswith("--accumulate=")), 1)
+    if k > 1:       # the same steps as k micro-batches per update (host batches only)
+        acc_config = config.copy_and_resolve_references()
+        acc_config.accumulate_steps = k
+        acc_step = step_lib.build_train_step(run.model, run.tx, acc_config, mesh, layout,
+                                             pstate)
+        runs = [against_one_device(i, *acc_step(jax.device_put(layout_lib.relayout(
+            ref_inputs[i], canonical, layout), shardings), b)) for i, b in enumerate(batches)]
+        acc_summary = collective_summary(acc_step.lower(pstate, batches[0]).compile().as_text())
+        accumulated = {"k": k, "losses": [r[0] for r in runs], "param_diff": [r[1] for r in runs],
+                       "sync_collectives": acc_summary["sync_collectives"],
+                       "sync_collectives_once": collective_summary(hlo)["sync_collectives"]}
     (losses, diffs, stat_diffs), (forced_losses, forced_diffs, forced_stat_diffs) = (
         map(list, zip(*free, strict=True)), map(list, zip(*forced, strict=True)))
     # per leaf: [stored global shape, one device's shard shape, number of distinct shards]
@@ -233,7 +252,7 @@ def main():
                         for n, lf in v.items() if lf.flat},
         "whole_leaves": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
                          for n, lf in v.items() if lf.whole},
-        "bf16": bf16,
+        "bf16": bf16, "accumulated": accumulated,
         "local_shapes": {f"{k}/{n}": list(lf.local_shape) for k, v in layout.leaves.items()
                          for n, lf in v.items()},
     }))

@@ -17,8 +17,9 @@ from conftest import REPO, assert_trees_equal, tiny_config
 from deep_image import models
 from deep_image.parallel import layout as layout_lib
 
-MODES = {"data": ("data", 8, 1, "--bf16"), "model_data": ("model_data", 8, 1),
-         "hybrid": ("model_data", 2, 4),
+MODES = {"data": ("data", 8, 1, "--bf16", "--accumulate=2"),
+         "model_data": ("model_data", 8, 1, "--accumulate=2"),
+         "hybrid": ("model_data", 2, 4, "--accumulate=2"),
          "hybrid_columns": ("model_data", 2, 4, "columns"),   # FC1 whole, FC2/FC3 by columns
          # the second family: ResNet-18 (1/8 width), cross-device BatchNorm, its fc by columns
          # (model_data on all 8 is the hybrid's code with another FC axis size: VGG covers it)
@@ -70,6 +71,26 @@ def test_same_loss_and_parameters_as_one_device(result):
         # BatchNorm statistics of the global batch, as one device computes them
         assert result["num_stats"] > 0 and max(result["forced_stat_diff"]) < 1e-5
         assert result["max_stat_diff"][0] < 1e-5
+
+
+def test_accumulation_is_the_whole_batch_update_with_one_reduce_scatter_each(result):
+    """config.accumulate_steps=2 on the mesh (each device's 2 rows as 2 micro-batches of 1,
+    dropout on): each step from one device's state equals one device's whole-batch step, and
+    the program synchronizes once per update: the butterfly's reduce-scatters (and
+    all-reduces of whole leaves) and the lazy update's all-gathers are those of the step
+    without accumulation, op for op (one per micro-batch would double them; only the FC
+    activations' collectives over the FC axis come once per micro-batch)."""
+    acc = result["accumulated"]
+    if acc is None:
+        pytest.skip("this mode runs no accumulation (MODES: data, model_data and hybrid do)")
+    assert acc["k"] == 2
+    for ours, one in zip(acc["losses"], result["ref_losses"], strict=True):
+        assert ours == pytest.approx(one, rel=1e-5, abs=1e-6)
+    assert max(acc["param_diff"]) < 1e-5, acc["param_diff"]
+    once = acc["sync_collectives_once"]
+    assert any(c.startswith("reduce-scatter") for c in once), once
+    assert any(c.startswith("all-gather") for c in once), once
+    assert acc["sync_collectives"] == once
 
 
 def test_state_is_created_sharded(result):

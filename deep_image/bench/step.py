@@ -3,6 +3,8 @@
     python -m deep_image.bench.step [--variant=vgg16] [--width=1] [--crop=224] [--batch=64]
         [--dtype=bfloat16] [--steps=20] [--peak_tflops=989] [--json=PATH] [--profile=DIR]
         [--parallelism=data|model_data] [--model_axis=1] [--input=jpeg|synthetic]
+        [--remat=none|blocks] [--accumulate=K]
+    python -m deep_image.bench.step --plan [--device_memory_gib=80] [model flags]
 
 Phases, each writing the JSON when it ends (atomically), so a phase killed by a time limit
 loses only itself:
@@ -18,6 +20,12 @@ loses only itself:
             q90 JPEGs of `--jpeg_scale` px to an image folder and trains on it as a run would
             (decode, resize, 224 crop, all six augmentations, Grain workers from the CPUs,
             batches put on the devices 2 ahead); `synthetic` renders SynthBirds at the crop
+`--plan` runs nothing: for remat none and blocks it prints the largest micro-batch (rows per
+device per pass) whose compiled step fits `--device_memory_gib` (default: what the first device
+reports), with XLA's memory accounting and the residuals the forward pass keeps per image
+(training/memory.py), and the `config.accumulate_steps` that `--batch` then needs.
+The model phase also records the compiled step's memory (temporaries, peak) and the residual
+bytes under `--remat`, beside the device's measured peak.
 FLOPs come from the model: 2 x multiply-adds forward, x3 for forward + backward (VGG-16 at
 224: 15.47 G multiply-adds, ~92.8 GFLOP per trained image).
 """
@@ -61,6 +69,12 @@ flags.DEFINE_bool("torch_compile", True, "On a GPU, torch.compile PyTorch's netw
 flags.DEFINE_integer("num_classes", 16, "Classes (SynthBirds: 16).")
 flags.DEFINE_string("json", None, "Write the results here (after every phase).")
 flags.DEFINE_string("profile", None, "Also write a jax.profiler trace of 5 steps here.")
+flags.DEFINE_enum("remat", "none", ["none", "blocks"], "config.model.remat.")
+flags.DEFINE_integer("accumulate", 1, "config.accumulate_steps (micro-batches per update).")
+flags.DEFINE_bool("plan", False, "Print the largest micro-batch that fits, with and without "
+                  "remat, and exit (compiles only).")
+flags.DEFINE_float("device_memory_gib", 0.0, "Device memory the plan fits into (0: the first "
+                   "device's bytes_limit; CPU: 16).")
 FLAGS = flags.FLAGS
 
 def save(result: dict, path: str | None) -> None:
@@ -90,7 +104,45 @@ def _config():
     c.batch_size = FLAGS.batch
     c.parallelism = FLAGS.parallelism
     c.mesh = (("data", -1), ("model", FLAGS.model_axis))
+    c.model.remat, c.accumulate_steps = FLAGS.remat, FLAGS.accumulate
     return c
+
+
+def plan(result: dict) -> None:
+    """--plan: the largest micro-batch per device that fits, for remat none and blocks."""
+    import math
+
+    import jax
+
+    from deep_image import models
+    from deep_image.parallel import mesh as mesh_lib
+    from deep_image.training import memory
+    c = _config()
+    mesh = mesh_lib.make_mesh(c.mesh)
+    stats = jax.devices()[0].memory_stats() or {}
+    budget = int(FLAGS.device_memory_gib * 2**30 or stats.get("bytes_limit", 16 * 2**30))
+    devices = mesh.size
+    print(f"{c.model.variant} x{c.model.width:g} at {c.data.crop}px, {c.model.dtype}, "
+          f"{devices} x {jax.devices()[0].device_kind}: micro-batches that fit "
+          f"{budget / 2**30:.1f} GiB per device ({jax.default_backend()}'s compiler)")
+    print(f"{'remat':<8}{'rows/device':>12}{'compiled GiB':>14}{'residuals MiB/img':>19}"
+          f"{'accumulate_steps for --batch=' + str(FLAGS.batch):>34}")
+    result["plan"] = {"budget_bytes": budget, "backend": jax.default_backend(), "rows": {}}
+    for remat in ("none", "blocks"):
+        c.model.remat = remat
+        rows, need = memory.largest_micro_batch(c, FLAGS.num_classes, budget, mesh)
+        model = models.build(c.model, FLAGS.num_classes, c.data.crop)
+        per_image = memory.residual_bytes_per_image(model)
+        per_device = FLAGS.batch // devices
+        k = math.ceil(per_device / rows) if rows else None
+        while k and per_device % k:        # the batch must split into k equal micro-batches
+            k += 1
+        result["plan"]["rows"][remat] = {"rows_per_device": rows, **need,
+                                         "residual_bytes_per_image": per_image,
+                                         "accumulate_steps": k}
+        print(f"{remat:<8}{rows:>12}{need['peak_bytes'] / 2**30:>14.2f}"
+              f"{per_image / 2**20:>19.2f}{str(k) if k else 'does not fit':>34}")
+    save(result, FLAGS.json)
 
 
 def _timed_steps(step_fn, state, batches, steps: int):
@@ -212,6 +264,9 @@ def main(argv):
     del argv
     result = {"variant": FLAGS.variant, "width": FLAGS.width, "crop": FLAGS.crop,
               "batch": FLAGS.batch, "dtype": FLAGS.dtype}
+    if FLAGS.plan:
+        plan(result)
+        return
     if FLAGS.torch_only:
         result["torch"] = torch_rate()
         print(json.dumps(result["torch"]))
@@ -274,6 +329,10 @@ def main(argv):
     memory = devices[0].memory_stats() or {}
     if "peak_bytes_in_use" in memory:
         result["peak_memory_bytes"] = memory["peak_bytes_in_use"]
+    from deep_image.training import memory as memory_lib
+    result.update({"remat": c.model.remat, "accumulate_steps": c.accumulate_steps,
+                   "compiled_memory": memory_lib.compiled(step_fn, state, fixed),
+                   "residual_bytes_per_image": memory_lib.residual_bytes_per_image(run.model)})
     torch_result = result.get("torch") or {}
     if torch_result.get("images_per_second"):
         rate = torch_result["images_per_second"]
@@ -345,6 +404,10 @@ def _print_model(result, c, kind):
         print(f"  {'MFU':<40}{100 * result['mfu']:.1f}%")
     if "peak_memory_bytes" in result:
         print(f"  {'peak device memory, GiB':<40}{result['peak_memory_bytes'] / 2**30:.2f}")
+    print(f"  {'compiled step memory (XLA), GiB':<40}"
+          f"{result['compiled_memory']['peak_bytes'] / 2**30:.3f}  (remat {result['remat']}, "
+          f"accumulate {result['accumulate_steps']}; residuals "
+          f"{result['residual_bytes_per_image'] / 2**20:.2f} MiB per image)")
     t = result.get("torch")
     if t and "images_per_second" in t:
         how = (f"PyTorch {t['device']}{', compiled' if t['compiled'] else ''}"

@@ -27,6 +27,23 @@ import jax
 from flax import nnx
 
 
+REMAT = ("none", "blocks")       # config.model.remat
+BLOCK_OUTPUT = "block_output"    # the checkpoint_name of each VGG block's / ResNet block's output
+
+
+def rematerialized(fn, remat: str):
+    """`fn` under config.model.remat. "blocks": `jax.checkpoint` with the named policy that
+    saves only the values named BLOCK_OUTPUT, so the backward pass keeps each block's output
+    and recomputes the activations inside the block from it (activation memory: one tensor
+    per block instead of every layer's). "none": `fn` as it is."""
+    if remat == "none":
+        return fn
+    if remat != "blocks":
+        raise ValueError(f"config.model.remat={remat!r}; choose one of {', '.join(REMAT)}")
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(
+        BLOCK_OUTPUT))
+
+
 class Model:
     """The NNX module built abstractly once; init/apply are pure functions of dicts, and the
     module is rebuilt (`nnx.merge`) inside a trace, so the hot loop pays no graph traversal."""

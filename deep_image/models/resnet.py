@@ -27,8 +27,9 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-from deep_image.models.base import Model
+from deep_image.models.base import BLOCK_OUTPUT, Model, rematerialized
 
 # variant -> (block, blocks per stage)
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
@@ -133,7 +134,7 @@ class ResNet(nnx.Module):
                     y = jax.nn.relu(y)
             if project:
                 x = bn(getattr(self, f"{p}_downsample_1"), getattr(self, f"{p}_downsample_0")(x))
-            x = jax.nn.relu(x + y)
+            x = checkpoint_name(jax.nn.relu(x + y), BLOCK_OUTPUT)
         return jnp.mean(x, axis=(1, 2))
 
 
@@ -147,6 +148,7 @@ class ResNetModel(Model):
     def __init__(self, model_config, num_classes: int, input_size: int):
         self.dropout_rate = 0.0          # torchvision's ResNet has no dropout
         self.compute_dtype = _DTYPES[model_config.dtype]
+        self.remat = model_config.get("remat", "none")
         make = functools.partial(ResNet, model_config.variant, num_classes,
                                  width=model_config.width, dtype=model_config.dtype,
                                  head_init=model_config.head_init)
@@ -165,9 +167,11 @@ class ResNetModel(Model):
 
     def features(self, params, images, *, stats=None, train=False, update_stats=False,
                  batch_axes=None):
-        module = self._backbone(params, stats)
-        x = module.features(images, batch=train and update_stats, axes=batch_axes)
-        return x, nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+        def run(params, stats, images):
+            module = self._backbone(params, stats)
+            x = module.features(images, batch=train and update_stats, axes=batch_axes)
+            return x, nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+        return rematerialized(run, self.remat)(params, stats, images)
 
     def head(self, params, x, *, keys=None, rate=0.0, split=None, axis=None, rows=None):
         from jax import lax

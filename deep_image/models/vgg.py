@@ -17,9 +17,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from deep_image import constants
-from deep_image.models.base import Model
+from deep_image.models.base import BLOCK_OUTPUT, Model, rematerialized
 
 VARIANTS = tuple(constants.CONVS_PER_BLOCK)
 NUM_POOLS = len(constants.BLOCK_CHANNELS)
@@ -101,6 +102,7 @@ class VGG(nnx.Module):
             if closes_block:
                 x = nnx.max_pool(x, (constants.POOL_WINDOW,) * 2,
                                  strides=(constants.POOL_STRIDE,) * 2)
+                x = checkpoint_name(x, BLOCK_OUTPUT)   # config.model.remat
         return x
 
 
@@ -117,6 +119,7 @@ class VGGModel(Model):
     def __init__(self, model_config, num_classes: int, input_size: int):
         self.dropout_rate = model_config.dropout_rate
         self.compute_dtype = _DTYPES[model_config.dtype]
+        self.remat = model_config.get("remat", "none")
         make = functools.partial(VGG, model_config.variant, num_classes,
                                  width=model_config.width, input_size=input_size,
                                  dtype=model_config.dtype, head_init=model_config.head_init)
@@ -134,7 +137,8 @@ class VGGModel(Model):
 
     def features(self, params, images, *, stats=None, train=False, update_stats=False,
                  batch_axes=None):
-        x = self._convs_only(params).features(images)
+        x = rematerialized(lambda p, im: self._convs_only(p).features(im), self.remat)(
+            params, images)
         return x.reshape(x.shape[0], -1), {}
 
     def head(self, params, x, *, keys=None, rate=0.0, split=None, axis=None, rows=None):
@@ -214,8 +218,14 @@ def build(model_config, num_classes: int, input_size: int) -> VGGModel:
 def dropout_slice(x, key, rate: float, global_shape, offsets):
     """Dropout of `x`, the block at `offsets` (one start index per dimension) of an array of
     `global_shape`: it draws the whole array's mask (as nnx.Dropout would, bit for bit) and
-    keeps this block, so a split computation drops exactly what an unsplit one drops."""
+    keeps this block, so a split computation drops exactly what an unsplit one drops. A row
+    offset may also be a vector of row indices (the rows of a micro-batch spread over an FC
+    group's devices: training/step.py's accumulation)."""
     keep = 1.0 - rate
     mask = jax.random.bernoulli(key, p=keep, shape=tuple(global_shape))
-    mask = jax.lax.dynamic_slice(mask, tuple(offsets), x.shape)
+    rows, col0 = offsets
+    if jnp.ndim(rows) == 1:
+        mask = jax.lax.dynamic_slice_in_dim(jnp.take(mask, rows, axis=0), col0, x.shape[1], 1)
+    else:
+        mask = jax.lax.dynamic_slice(mask, tuple(offsets), x.shape)
     return jax.lax.select(mask, x / keep, jnp.zeros_like(x))

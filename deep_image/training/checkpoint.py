@@ -96,8 +96,8 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {step} in {self.directory} holds a state of another shape than "
                 "this config builds (the model, its classes, the optimizer's weight decay or "
-                "clipping, or the fine-tuning mode changed): resume with the run's own "
-                "config.json settings, or train in a new --workdir") from None
+                "clipping, the fine-tuning mode or config.ema_decay changed): resume with the "
+                "run's own config.json settings, or train in a new --workdir") from None
         self._refuse_non_finite(step, state)
         if data_iter is not None:
             self._mgr.restore(step, args=ocp.args.Composite(
@@ -146,9 +146,10 @@ class Checkpointer:
         mesh and layout wrote them (meta records the layout)."""
         return self.restore_weights(step)[0]
 
-    def restore_weights(self, step: int) -> tuple[dict, dict]:
+    def restore_weights(self, step: int, ema: bool = False) -> tuple[dict, dict]:
         """(parameters in their canonical shapes, statistics such as BatchNorm's) of `step`, as
-        host arrays, whatever mesh and layout wrote them (meta records the layout)."""
+        host arrays, whatever mesh and layout wrote them (meta records the layout). `ema`: the
+        weights' moving average instead of the weights (config.eval.use_ema)."""
         # Read onto this process's first device: a 4-device run's checkpoint evaluates on one CPU.
         path = os.path.join(self.directory, str(step), "state")
         with ocp.StandardCheckpointer() as reader:
@@ -157,7 +158,11 @@ class Checkpointer:
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
                                                                  sharding=here), tree)
             state = jax.device_get(reader.restore(path, target))
-        params, stats = state["params"], state.get("stats") or {}
+        if ema and not state.get("ema"):
+            raise DataError(f"{self.directory} step {step} keeps no moving average of the "
+                            "weights: it was trained with config.ema_decay=0; evaluate it with "
+                            "config.eval.use_ema=False")
+        params, stats = state["ema" if ema else "params"], state.get("stats") or {}
         meta = self.meta(step) or {}
         if "params_layout" in meta:
             raise DataError(f"{self.directory} step {step} was written by an earlier version "
@@ -199,4 +204,5 @@ class Trained:
         self.config = config
         self.class_names = list(meta["class_names"])
         self.model = models.build(config.model, len(self.class_names), config.data.crop)
-        self.params, self.stats = ckpt.restore_weights(self.step)
+        self.params, self.stats = ckpt.restore_weights(self.step,
+                                                       ema=config.eval.get("use_ema", False))

@@ -14,6 +14,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from deep_image.config import ConfigError
@@ -82,6 +83,8 @@ def warm_start(state, params_shardings, layout, init_from: str, canonical, model
     stats = merge(jax.device_get(state.stats), loaded_stats, init_from, model.classifier)
     logging.info("initialized from %s (step %d)", init_from, step)
     place = lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])  # noqa
-    return state.replace(params=jax.tree.map(place, stored, params_shardings),
+    params = jax.tree.map(place, stored, params_shardings)
+    return state.replace(params=params,
                          stats=jax.tree.map(place, stats,
-                                            jax.tree.map(lambda a: a.sharding, state.stats)))
+                                            jax.tree.map(lambda a: a.sharding, state.stats)),
+                         ema=None if state.ema is None else jax.tree.map(jnp.copy, params))

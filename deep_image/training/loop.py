@@ -83,6 +83,13 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
         raise config_lib.ConfigError(f"config.batch_size={config.batch_size} does not split "
                                      f"over the {mesh.size} devices of the mesh; make it a "
                                      "multiple")
+    per_device = config.batch_size // mesh.size
+    if per_device % config.accumulate_steps:
+        raise config_lib.ConfigError(
+            f"config.batch_size={config.batch_size} gives {per_device} rows per device on the "
+            f"{mesh.size} devices, which do not split into config.accumulate_steps="
+            f"{config.accumulate_steps} micro-batches; make batch_size a multiple of "
+            f"{mesh.size * config.accumulate_steps}")
     if config.eval_batch_size % mesh.size:   # padding examples are masked: round up
         rounded = -(-config.eval_batch_size // mesh.size) * mesh.size
         logging.warning("config.eval_batch_size %d -> %d, to split over %d devices",
@@ -235,7 +242,7 @@ def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, 
 
     def run_eval(step: int, final: bool) -> dict:
         t0 = time.perf_counter()
-        params = canonical(state.params)
+        params = canonical(state.ema if config.eval.use_ema else state.params)
         values, parts = {}, []
         for prefix, evaluator in evaluators.items():
             if prefix == "eval" and not (final or config.curves_on_eval_split):

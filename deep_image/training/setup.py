@@ -41,7 +41,8 @@ def build(config, num_classes: int, *, mesh=None, abstract: bool = False) -> Set
                              config.sharding_rules, head_layers=model.head_layers,
                              whole_below=config.whole_below)
     if abstract:
-        state = state_lib.abstract_state(model, tx, plateau_tx, mesh, layout)
+        state = state_lib.abstract_state(model, tx, plateau_tx, mesh, layout,
+                                         ema=config.ema_decay > 0)
         shardings = jax.tree.map(lambda x: x.sharding, state)
     else:
         state, shardings = state_lib.create(model, tx, plateau_tx, config, mesh, layout)

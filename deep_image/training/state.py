@@ -24,6 +24,8 @@ class TrainState:
     opt_state: Any           # momentum trace (and clip state)
     plateau: Any             # reduce-on-plateau state: scale, best error, counters
     rng: jax.Array           # raw uint32 key; dropout uses fold_in(rng, step)
+    ema: Any = None          # config.ema_decay > 0: the weights' exponential moving average,
+                             # in the params' stored form (it shards as they do); else None
 
 
 def all_finite(tree) -> jax.Array:
@@ -101,28 +103,33 @@ def create(model, tx, plateau_tx, config, mesh, layout) -> tuple[TrainState, Any
     """A fresh TrainState in `layout`'s stored form and the shardings of its leaves. It is
     created already sharded (abstract shapes -> shardings -> `jax.jit(init, out_shardings)`):
     each device computes only the blocks it keeps."""
-    init = initializer(model, tx, plateau_tx, layout, mesh)
+    init = initializer(model, tx, plateau_tx, layout, mesh, ema=config.ema_decay > 0)
     key = jax.random.PRNGKey(config.seed)
     shardings = layout.shardings(jax.eval_shape(init, key), mesh)
     return jax.jit(init, out_shardings=shardings)(key), shardings
 
 
-def abstract_state(model, tx, plateau_tx, mesh, layout) -> TrainState:
+def abstract_state(model, tx, plateau_tx, mesh, layout, ema: bool = False) -> TrainState:
     """The TrainState's shapes and shardings, nothing allocated (for compiling ahead)."""
-    shapes = jax.eval_shape(initializer(model, tx, plateau_tx, layout, mesh),
+    shapes = jax.eval_shape(initializer(model, tx, plateau_tx, layout, mesh, ema=ema),
                             jax.random.PRNGKey(0))
     return abstract_with_shardings(layout.shardings(shapes, mesh), shapes)
 
 
-def initializer(model, tx, plateau_tx, layout, mesh):
+def initializer(model, tx, plateau_tx, layout, mesh, ema: bool = False):
     def init(key):
         pkey, dkey = jax.random.split(key)
         params, stats = model.init(pkey)
         params = layout.to_stored(layout.constrain(params, mesh), jnp)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, stats=stats,
                           opt_state=tx.init(params), plateau=plateau_tx.init(params),
-                          rng=dkey)
+                          rng=dkey, ema=jax.tree.map(jnp.copy, params) if ema else None)
     return init
+
+
+def update_ema(decay: float, ema, params):
+    """ema <- decay x ema + (1 - decay) x params, leaf by leaf (any layout: elementwise)."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def abstract_with_shardings(state_shardings, abstract):

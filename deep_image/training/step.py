@@ -26,13 +26,17 @@ OPTIMIZER_SCOPE = "optimizer_update"
 
 def apply_update(tx, config, state: state_lib.TrainState, grads):
     """The §5.1 update, shared by every layout: direction (weight decay + momentum) from optax,
-    times -lr (warm-up x plateau scale). Returns (new state, lr). Under the named scope
+    times -lr (warm-up x plateau scale); then the weights' moving average when the state keeps
+    one (config.ema_decay). Returns (new state, lr). Under the named scope
     OPTIMIZER_SCOPE, so a profile can say what the update costs (bench/profile_summary.py)."""
     with jax.named_scope(OPTIMIZER_SCOPE):
         direction, opt_state = tx.update(grads, state.opt_state, state.params)
         lr = state_lib.learning_rate(config, state)
         params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), lr
+        ema = (None if state.ema is None else
+               state_lib.update_ema(config.ema_decay, state.ema, params))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema=ema), lr
 
 
 def updates_stats(config) -> bool:
@@ -41,12 +45,42 @@ def updates_stats(config) -> bool:
     return config.finetune == "all"
 
 
+def accumulate(loss_fn, params, stats, images, labels, k: int):
+    """Gradient accumulation (`config.accumulate_steps`): `loss_fn(params, images, labels,
+    stats, i)` -> (loss share, (logits, stats, labels scored)) on micro-batch i of k (rows
+    i*m .. (i+1)*m - 1 of these images); returns (summed gradient, summed loss, hits, stats).
+    The micro-batches run one after another in a `lax.scan` with their gradients summed in
+    place, so one update (and, in the parallel step, one reduce-scatter) follows all k.
+    BatchNorm statistics are each micro-batch's (as torch's accumulation has them), the running
+    ones updated after each micro-batch in turn."""
+    m = labels.shape[0] // k
+    micro = lambda x: x.reshape(k, m, *x.shape[1:])   # noqa: E731
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def one(i, im, lab, stats):
+        (loss, (logits, stats, scored)), grads = grad_fn(params, im, lab, stats, i)
+        return grads, loss, jnp.sum(jnp.argmax(logits, -1) == scored), stats
+
+    images, labels = micro(images), micro(labels)
+    first = one(0, images[0], labels[0], stats)     # the carry takes its types (and vma)
+    if k == 1:
+        return first
+
+    def body(carry, xs):
+        grads, loss, hits, stats = carry
+        g, l, h, stats = one(*xs, stats)
+        return (jax.tree.map(jnp.add, grads, g), loss + l, hits + h, stats), None
+    out, _ = lax.scan(body, first, (jnp.arange(1, k), images[1:], labels[1:]))
+    return out
+
+
 def make_train_step(model, tx, config, state_shardings, batch_sharding, out_sharding,
                     cache=None):
     """`cache` (a data/device_cache.Plan): the step's input is the device cache, from which
     it draws and augments its batch (placement 'device'); else a batch of crops."""
     mean, std = tuple(config.data.mean), tuple(config.data.std)
     update = updates_stats(config)
+    k = config.accumulate_steps
 
     def train_step(state: state_lib.TrainState, batch):
         if cache is not None:
@@ -62,13 +96,30 @@ def make_train_step(model, tx, config, state_shardings, batch_sharding, out_shar
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             return loss, (logits, stats)
 
-        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
+        if k == 1:
+            (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params)
+            accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        else:     # k micro-batches of m rows; their dropout masks are the whole batch's rows
+            total = labels.shape[0]
+            m = total // k
+
+            def micro_loss(params, images, labels, stats, i):
+                x, stats = model.features(params, images, stats=stats, train=True,
+                                          update_stats=update)
+                keys = jax.random.split(dropout_key) if model.dropout_rate else None
+                logits = model.head(params, x, keys=keys, rate=model.dropout_rate,
+                                    rows=(total, i * m))
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+                return loss.sum() / total, (logits, stats, labels)
+            grads, loss, hits, stats = accumulate(micro_loss, state.params, state.stats,
+                                                  images, labels, k)
+            accuracy = hits / total
         state, lr = apply_update(tx, config, state, grads)
         state = state.replace(stats=stats)
         metrics = {
             "train/loss": loss,
-            "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "train/accuracy": accuracy,
             "train/lr": lr,
             # the loop never checkpoints a state this says is not finite (read at sync points)
             "train/finite": jnp.isfinite(loss) & state_lib.all_finite(state.params),
@@ -125,28 +176,38 @@ def make_parallel_train_step(model, tx, config, mesh, layout, abstract_state, ca
         b = labels.shape[0]
         total = b * n
         row0 = (block - (lax.axis_index(fc_axis) * _stride(mesh, fc_axis) if fc_axis else 0)) * b
-        if fc_axis:
-            labels = lax.all_gather(labels, fc_axis, tiled=True, to="invarying")
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        params = butterfly.lazy_gather(state.params, layout, dtypes)
+        params = butterfly.lazy_gather(state.params, layout, dtypes)   # once per update
         first = model.head_layers[0]
+        k = config.accumulate_steps
+        m = b // k                  # rows of one micro-batch on this device
 
-        def loss_fn(params):
-            backbone = {k: v for k, v in params.items() if k not in model.head_layers}
-            x, stats = model.features(backbone, images, stats=state.stats, train=True,
+        def loss_fn(params, images, labels, stats, i):
+            """Micro-batch i (of k) of this device's rows: its share of the global mean."""
+            if fc_axis:
+                labels = lax.all_gather(labels, fc_axis, tiled=True, to="invarying")
+            backbone = {name: v for name, v in params.items() if name not in model.head_layers}
+            x, stats = model.features(backbone, images, stats=stats, train=True,
                                       update_stats=update, batch_axes=batch_axes)
             if fc_axis:   # the group's rows; a split first layer keeps the cotangent local
                 x = lax.all_gather(x, fc_axis, tiled=True, to="invarying"
                                    if split[first] == "whole" else "varying")
+            if k == 1:
+                rows = row0
+            elif fc_axis:   # each group member's i-th micro-batch, in all_gather's order
+                members = jnp.arange(lax.axis_size(fc_axis)) * _stride(mesh, fc_axis) * b
+                rows = (row0 + members[:, None] + i * m + jnp.arange(m)[None, :]).reshape(-1)
+            else:
+                rows = row0 + i * m
             logits = model.head(params, x, keys=keys, rate=rate, split=split, axis=fc_axis,
-                                rows=(total, row0))
+                                rows=(total, rows))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return loss.sum() / total, (logits, stats)   # this group's share of the mean
+            return loss.sum() / total, (logits, stats, labels)
 
-        (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        # k micro-batches' gradients summed on the device, then one butterfly sync
+        grads, loss, hits, stats = accumulate(loss_fn, params, state.stats, images, labels, k)
         state, lr = apply_update(tx, config, state, butterfly.butterfly_sync(grads, layout))
         state = state.replace(stats=stats)
-        hits = jnp.sum(jnp.argmax(logits, -1) == labels)
         if row_axes:
             loss, hits = lax.psum(loss, row_axes), lax.psum(hits, row_axes)
         # every device checks the parts it owns; the flag is true only if all are finite
