@@ -43,10 +43,10 @@ def residual_bytes(model, batch: int, dtype=jnp.float32) -> int:
     params, stats = model.abstract_params, model.abstract_stats
     images = jax.ShapeDtypeStruct((batch, model.input_size, model.input_size, 3), dtype)
 
-    def vjp_of(params, images):
+    def vjp_of(params, stats, images):
         return jax.vjp(lambda p: model.features(p, images, stats=stats, train=True,
                                                 update_stats=True)[0], params)[1]
-    residuals = jax.eval_shape(vjp_of, params, images)
+    residuals = jax.eval_shape(vjp_of, params, stats, images)
     return int(sum(np.prod(r.shape) * np.dtype(r.dtype).itemsize
                    for r in jax.tree.leaves(residuals)))
 
