@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure the README asks for, from one run of at most 8 minutes on one H100/H200 with
+# Every GPU figure the README asks for, from one run of at most 8.5 minutes on one H100/H200 with
 # the device's own image (Python 3.12, jax 0.11 + CUDA, torch + CUDA; grain, ml_collections and
 # the other pure-Python wheels in ./.whl: ../shared/gpu/prepare_wheels.sh):
 #   bash launch/gpu_figures.sh [OUT]            (default OUT=gpu_figures)
@@ -12,13 +12,16 @@
 #              (512x512 q90 JPEGs -> 224 crops, all six augmentations, Grain workers from the
 #              host's CPUs, batches put on the GPU 2 ahead)
 #   step_b256  the same at batch 256, without profile and pipeline
+#   remat_b256 the same with config.model.remat=blocks (peak memory and images/s against
+#              step_b256: what recomputing each block costs and saves on a GPU)
 #   pipeline   the input pipeline alone: the device augmentation (data/device_augment.py,
 #              placement 'device') on the GPU in images/s at batch 256 (written first), then
 #              per-stage host images/s per core, and the Grain pipeline against worker
 #              counts, with the host cores one GPU needs
 # bench.step writes its JSON after every phase (atomically), so a phase killed by its limit
 # keeps what it had measured. Results (<= 8 files, as the device tool returns them): OUT/log.txt
-# (environment + every phase's tail), OUT/<phase>.json, OUT/<phase>.txt. The compilation cache
+# (environment + every phase's tail), OUT/<phase>.json, OUT/phases.txt (every phase's whole
+# output, one after another). The compilation cache
 # and the profile trace live under /tmp (a rerun on the same machine compiles nothing).
 set -uo pipefail
 OUT=${1:-gpu_figures}
@@ -48,8 +51,9 @@ run() {  # phase, default seconds, command...
   local var="LIMIT_$name"; secs=${!var:-$secs}
   echo "=== $name (limit ${secs} s): $*" | tee -a "$LOG"
   local t0=$SECONDS
-  timeout --kill-after=10 "$secs" "$@" >"$OUT/$name.txt" 2>&1; local rc=$?
-  grep -v -E '^[IW][0-9]{4} ' "$OUT/$name.txt" | tail -n 16 | tee -a "$LOG"
+  timeout --kill-after=10 "$secs" "$@" >"/tmp/deep_image_$name.txt" 2>&1; local rc=$?
+  { echo "=== $name"; cat "/tmp/deep_image_$name.txt"; } >>"$OUT/phases.txt"
+  grep -v -E '^[IW][0-9]{4} ' "/tmp/deep_image_$name.txt" | tail -n 16 | tee -a "$LOG"
   echo "--- $name: exit $rc after $((SECONDS - t0)) s$([ $rc = 124 ] && echo ' (time limit)')" \
     | tee -a "$LOG"
 }
@@ -63,11 +67,13 @@ else
   IN=(--jpegs=256 --jpeg_scale=512)
   PIPE=(--images=200 --seconds=1 --grain_workers=0,4,8,15 --device_batch=256)
 fi
-run step_b128 210 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B1 --dtype=bfloat16 \
+run step_b128 190 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B1 --dtype=bfloat16 \
   --steps=$STEPS --torch_timeout=120 --profile=/tmp/deep_image_profile "${IN[@]}" \
   --json="$OUT/step_b128.json"
-run step_b256 130 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B2 --dtype=bfloat16 \
+run step_b256 120 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B2 --dtype=bfloat16 \
   --steps=$((STEPS / 2 + 1)) --torch_timeout=90 --nopipeline --json="$OUT/step_b256.json"
-run pipeline 110 $PY -m deep_image.bench.pipeline "${PIPE[@]}" --json="$OUT/pipeline.json"
+run remat_b256 80 $PY -m deep_image.bench.step "${NET[@]}" --batch=$B2 --dtype=bfloat16 \
+  --steps=$((STEPS / 2 + 1)) --notorch --nopipeline --remat=blocks --json="$OUT/remat_b256.json"
+run pipeline 100 $PY -m deep_image.bench.pipeline "${PIPE[@]}" --json="$OUT/pipeline.json"
 echo "=== done $(date '+%F %T')" | tee -a "$LOG"
 ls -la "$OUT" | tee -a "$LOG"
