@@ -107,17 +107,21 @@ def test_config_trains_and_evaluates(name, pretrained, archives, tmp_path):
     assert values["eval/examples"] == len(source) > 0
 
 
-def test_a_paper_config_trains_with_the_device_cache(pretrained, tmp_path):
-    """cub_512 (bfloat16, as written) on mock CUB data with `placement=device`: the training
-    split in the cache on the device, all of its augmentations drawn in the step."""
+def test_a_paper_config_trains_with_the_device_cache_accumulation_and_remat(pretrained,
+                                                                          tmp_path):
+    """cub_512 (bfloat16, as written) on mock CUB data with `placement=device` (the training
+    split in the cache on the device, all of its augmentations drawn in the step),
+    `accumulate_steps=4` (each batch of 4 as 4 micro-batches) and `remat=blocks`."""
     tfds = pytest.importorskip("tensorflow_datasets")
     c = _tiny(_load("cub_512").get_config(), keep_dtype=True)
     assert all(c.data.augment[name] for name in config_lib.AUGMENTATIONS)   # the paper's six
     c.init_from = pretrained[c.model.variant]
     c.data.placement = "device"
+    c.accumulate_steps, c.model.remat = 4, "blocks"
     config_lib.check(c)
     with tfds.testing.mock_data(num_examples=40):
         result = loop.train_and_evaluate(c, str(tmp_path))
     assert result["step"] == 2 and np.isfinite(result["eval/loss"])
     meta = json.load(open(tmp_path / "checkpoints" / "2" / "meta" / "metadata"))
     assert meta["placement"] == "device" and meta["config"]["model"]["dtype"] == "bfloat16"
+    assert meta["config"]["accumulate_steps"] == 4 and meta["config"]["model"]["remat"] == "blocks"
