@@ -246,17 +246,18 @@ def local_batch(cache: dict, step, p: Plan, block, rows: int) -> dict:
 
 class DeviceStream:
     """The cache as the loop's training iterator: each step takes the same arrays and draws its
-    batch from them. Nothing to checkpoint: the position is the step."""
+    batch from them. Nothing to checkpoint: the position is the step. `build` (-> the arrays)
+    runs at the first step, so a finished run's rerun decodes nothing."""
 
-    checkpointable = False
-
-    def __init__(self, arrays: dict):
-        self._arrays = arrays
+    def __init__(self, build):
+        self._build, self._arrays = build, None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
+        if self._arrays is None:
+            self._arrays = self._build()
         return self._arrays
 
     def close(self) -> None:

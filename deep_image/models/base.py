@@ -92,7 +92,7 @@ class Model:
              rows=None) -> jax.Array:
         """float32 logits of features `x` through `head_layers`; `split` (layer -> kind) and
         `axis` describe a head split over the FC axis; `keys` and `rows` = (global batch, first
-        row) place dropout masks."""
+        row, or a vector of the rows' indices) place dropout masks."""
         raise NotImplementedError
 
     def dense_scores(self, params, images, *, stats=None) -> jax.Array:

@@ -116,7 +116,7 @@ def train_and_evaluate(config, workdir: str, resume_step: int | None = None,
         """This process's training batches on the devices, `device_prefetch` ahead; with the
         device cache, the cache (the step draws its batches from it)."""
         if cache_plan is not None:
-            return device_cache.DeviceStream(device_cache.build(
+            return device_cache.DeviceStream(lambda: device_cache.build(
                 train_source, cache_plan, mesh, pipeline.usable_cpus()))
         return iter(pipeline.on_devices(pipeline.train_dataset(
             train_source, config, process_index=pidx, process_count=pcount,
