@@ -123,6 +123,20 @@ def read_state_on_one_device(workdir, step):
         return jax.device_get(r.restore(path, target))
 
 
+class StopAt:
+    """A stop notice (training/preemption.py's interface) that fires at one step: what SIGTERM
+    does, without the signal, for in-process runs (`train_and_evaluate(..., notice=)`)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def pending(self):
+        return False
+
+    def stop_at(self, step):
+        return step == self.step
+
+
 def assert_trees_equal(a, b, *, atol=None, rtol=0.0):
     """Same paths, leaf for leaf (nothing dropped: zip is strict); bitwise unless atol is given."""
     import jax

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, tiny_config
+from conftest import StopAt, assert_trees_equal, tiny_config
 from deep_image import config as config_lib
 from deep_image import models
 from deep_image.data import sources
@@ -106,17 +106,6 @@ def test_a_batch_that_does_not_split_into_micro_batches_is_refused():
         config_lib.check(tiny_config(accumulate_steps=0))
 
 
-class _StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def pending(self):
-        return False
-
-    def stop_at(self, step):
-        return step == self.step
-
-
 def _checkpoint(workdir, step, ema=False):
     ckpt = Checkpointer(checkpoint_dir(str(workdir)), read_only=True)
     try:
@@ -130,7 +119,7 @@ def test_an_accumulating_run_stops_and_resumes_bitwise(tmp_path):
     continue exactly."""
     config = lambda: tiny_config(accumulate_steps=2, ema_decay=0.9)   # noqa: E731
     loop.train_and_evaluate(config(), str(tmp_path / "straight"))
-    stopped = loop.train_and_evaluate(config(), str(tmp_path / "stopped"), notice=_StopAt(13))
+    stopped = loop.train_and_evaluate(config(), str(tmp_path / "stopped"), notice=StopAt(13))
     assert stopped == {"preempted": True, "step": 13}
     loop.train_and_evaluate(config(), str(tmp_path / "stopped"))
     for ema in (False, True):     # the moving average resumes bitwise too

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import REPO, TINY, assert_trees_equal, tiny_config
+from conftest import REPO, TINY, StopAt, assert_trees_equal, tiny_config
 from deep_image import config as config_lib
 from deep_image.data import augment, device_augment, device_cache
 from deep_image.data.synthetic import SynthBirdsSpec, render
@@ -236,19 +236,6 @@ def test_global_batch_draws_each_epoch_once_and_is_a_pure_function_of_step():
 
 # ----------------------------------------------------------------------------- training
 
-class _StopAt:
-    """A stop notice that fires at one step (what SIGTERM does, without the signal)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def pending(self):
-        return False
-
-    def stop_at(self, step):
-        return step == self.step
-
-
 def _device_config(**overrides):
     return tiny_config(data__placement="device", **overrides)
 
@@ -279,7 +266,7 @@ def test_a_run_with_the_device_cache_trains_and_logs_where_the_data_are(straight
 
 def test_a_stopped_run_with_the_device_cache_resumes_bitwise(straight, tmp_path):
     reference, _ = straight
-    stopped = loop.train_and_evaluate(_device_config(), str(tmp_path), notice=_StopAt(13))
+    stopped = loop.train_and_evaluate(_device_config(), str(tmp_path), notice=StopAt(13))
     assert stopped == {"preempted": True, "step": 13}
     loop.train_and_evaluate(_device_config(), str(tmp_path))
     assert_trees_equal(_state(reference, 40), _state(tmp_path, 40))
