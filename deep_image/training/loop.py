@@ -210,10 +210,11 @@ def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, 
         state = restored
         logging.info("resumed from %s at step %d", ckpt.directory, start)
         if placement == "host" and not same_stream:
-            logging.warning("the checkpoint was written by %d processes (placement %s), this "
-                            "run has %d (placement host): the data stream restarts at global "
-                            "batch %d", saved_processes, saved.get("placement", "host"), pcount,
-                            start)
+            why = (f"was written by {saved_processes} processes, this run has {pcount}"
+                   if saved_processes != pcount else
+                   f"was written with config.data.placement={saved.get('placement')!r}")
+            logging.warning("the checkpoint %s: the data stream restarts at global batch %d",
+                            why, start)
             train_iter = data_state = train_batches(start)
     start = int(jax.device_get(state.step))
     if start >= steps:
