@@ -123,6 +123,17 @@ def read_state_on_one_device(workdir, step):
         return jax.device_get(r.restore(path, target))
 
 
+def restore_weights(workdir, step, *, ema=False):
+    """A run's parameters at `step` in their canonical shapes (its moving average with `ema`),
+    whatever mesh wrote them: the library's own reader (training/checkpoint.py)."""
+    from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
+    ckpt = Checkpointer(checkpoint_dir(str(workdir)), read_only=True)
+    try:
+        return ckpt.restore_weights(step, ema=ema)[0]
+    finally:
+        ckpt.close()
+
+
 class StopAt:
     """A stop notice (training/preemption.py's interface) that fires at one step: what SIGTERM
     does, without the signal, for in-process runs (`train_and_evaluate(..., notice=)`)."""

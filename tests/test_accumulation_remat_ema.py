@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import StopAt, assert_trees_equal, tiny_config
+from conftest import StopAt, assert_trees_equal, restore_weights, tiny_config
 from deep_image import config as config_lib
 from deep_image import models
 from deep_image.data import sources
@@ -17,7 +17,6 @@ from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import loop, memory
 from deep_image.training import setup as setup_lib
 from deep_image.training import step as step_lib
-from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
 
 
 def _batches(n, rows=16, side=32, seed=0):
@@ -106,14 +105,6 @@ def test_a_batch_that_does_not_split_into_micro_batches_is_refused():
         config_lib.check(tiny_config(accumulate_steps=0))
 
 
-def _checkpoint(workdir, step, ema=False):
-    ckpt = Checkpointer(checkpoint_dir(str(workdir)), read_only=True)
-    try:
-        return ckpt.restore_weights(step, ema=ema)[0]
-    finally:
-        ckpt.close()
-
-
 def test_an_accumulating_run_stops_and_resumes_bitwise(tmp_path):
     """The state is saved per update (never between micro-batches), so a stop and resume
     continue exactly."""
@@ -123,8 +114,8 @@ def test_an_accumulating_run_stops_and_resumes_bitwise(tmp_path):
     assert stopped == {"preempted": True, "step": 13}
     loop.train_and_evaluate(config(), str(tmp_path / "stopped"))
     for ema in (False, True):     # the moving average resumes bitwise too
-        assert_trees_equal(_checkpoint(tmp_path / "straight", 40, ema),
-                           _checkpoint(tmp_path / "stopped", 40, ema))
+        assert_trees_equal(restore_weights(tmp_path / "straight", 40, ema=ema),
+                           restore_weights(tmp_path / "stopped", 40, ema=ema))
 
 
 # ----------------------------------------------------------------------------- remat
@@ -195,14 +186,14 @@ def test_use_ema_evaluates_the_average_and_evaluate_reads_it_back(tmp_path):
     result = loop.train_and_evaluate(config, str(tmp_path))
     from deep_image.training.checkpoint import Trained
     trained = Trained(str(tmp_path))
-    assert_trees_equal(trained.params, _checkpoint(tmp_path, 40, ema=True))
+    assert_trees_equal(trained.params, restore_weights(tmp_path, 40, ema=True))
     source = sources.get_source(config.data, config.data.eval_split)
     score = lambda params: Evaluator(trained.model, config, source,   # noqa: E731
                                      Protocol.quick(config), cache=False).run(
         params, "eval", "top1", trained.stats)
-    assert score(_checkpoint(tmp_path, 40, ema=True))["eval/loss"] == pytest.approx(
+    assert score(restore_weights(tmp_path, 40, ema=True))["eval/loss"] == pytest.approx(
         result["eval/loss"], rel=1e-6)
-    assert score(_checkpoint(tmp_path, 40))["eval/loss"] != pytest.approx(
+    assert score(restore_weights(tmp_path, 40))["eval/loss"] != pytest.approx(
         result["eval/loss"], rel=1e-3)
 
 

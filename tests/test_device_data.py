@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import REPO, TINY, StopAt, assert_trees_equal, tiny_config
+from conftest import REPO, TINY, StopAt, assert_trees_equal, restore_weights, tiny_config
 from deep_image import config as config_lib
 from deep_image.data import augment, device_augment, device_cache
 from deep_image.data.synthetic import SynthBirdsSpec, render
 from deep_image.parallel import mesh as mesh_lib
 from deep_image.training import loop
-from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
 
 CROP = 80
 
@@ -247,14 +246,6 @@ def straight(tmp_path_factory):
     return workdir, result
 
 
-def _state(workdir, step):
-    ckpt = Checkpointer(checkpoint_dir(str(workdir)), read_only=True)
-    try:
-        return ckpt.restore_params(step)
-    finally:
-        ckpt.close()
-
-
 def test_a_run_with_the_device_cache_trains_and_logs_where_the_data_are(straight, caplog):
     workdir, result = straight
     assert result["step"] == 40 and np.isfinite(result["train/loss"] if "train/loss" in result
@@ -269,7 +260,7 @@ def test_a_stopped_run_with_the_device_cache_resumes_bitwise(straight, tmp_path)
     stopped = loop.train_and_evaluate(_device_config(), str(tmp_path), notice=StopAt(13))
     assert stopped == {"preempted": True, "step": 13}
     loop.train_and_evaluate(_device_config(), str(tmp_path))
-    assert_trees_equal(_state(reference, 40), _state(tmp_path, 40))
+    assert_trees_equal(restore_weights(reference, 40), restore_weights(tmp_path, 40))
 
 
 def test_the_device_cache_trains_on_other_batches_than_the_host_path(straight, tmp_path):
@@ -278,7 +269,7 @@ def test_the_device_cache_trains_on_other_batches_than_the_host_path(straight, t
     fall back to the host pipeline."""
     reference, _ = straight
     loop.train_and_evaluate(tiny_config(), str(tmp_path))
-    host, device = _state(tmp_path, 40), _state(reference, 40)
+    host, device = restore_weights(tmp_path, 40), restore_weights(reference, 40)
     assert not np.array_equal(host["conv1_1"]["kernel"], device["conv1_1"]["kernel"])
 
 
@@ -297,7 +288,7 @@ def test_a_run_with_the_device_cache_resumes_on_another_device_count(straight, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "replicated on every device" in proc.stderr, proc.stderr[-3000:]
     loop.train_and_evaluate(_device_config(), str(tmp_path))
-    ours, ref = _state(tmp_path, 40), _state(reference, 40)
+    ours, ref = restore_weights(tmp_path, 40), restore_weights(reference, 40)
     diff = max(float(np.abs(a - b).max()) for a, b in
                zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True))
     assert diff < 1e-5, diff      # measured: 1.3e-7

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deep_image.parallel import mesh as mesh_lib
+
 
 def compiled(train_step, state, batch) -> dict:
     """XLA's memory accounting of `train_step` compiled for (`state`, `batch`): arrays or
@@ -57,11 +59,11 @@ def residual_bytes_per_image(model) -> float:
     return (residual_bytes(model, 9) - residual_bytes(model, 1)) / 8
 
 
-def abstract_batch(config, rows: int, num_devices: int = 1) -> dict:
+def abstract_batch(config, rows: int, sharding=None) -> dict:
     """The ShapeDtypeStructs of a host-placement batch of `rows` global rows."""
     crop = config.data.crop
-    return {"image": jax.ShapeDtypeStruct((rows, crop, crop, 3), jnp.uint8),
-            "label": jax.ShapeDtypeStruct((rows,), jnp.int32)}
+    return {"image": jax.ShapeDtypeStruct((rows, crop, crop, 3), jnp.uint8, sharding=sharding),
+            "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding)}
 
 
 def step_bytes(config, num_classes: int, micro_batch: int, mesh) -> dict:
@@ -72,15 +74,8 @@ def step_bytes(config, num_classes: int, micro_batch: int, mesh) -> dict:
     c.accumulate_steps = 1
     c.batch_size = micro_batch * mesh.size
     run = setup_lib.build(c, num_classes, mesh=mesh, abstract=True)
-    batch = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=_batch_sharding(mesh)),
-        abstract_batch(c, c.batch_size))
+    batch = abstract_batch(c, c.batch_size, mesh_lib.batch_sharding(mesh))
     return compiled(run.train_step, run.state, batch)
-
-
-def _batch_sharding(mesh):
-    from deep_image.parallel import mesh as mesh_lib
-    return mesh_lib.batch_sharding(mesh)
 
 
 def largest_micro_batch(config, num_classes: int, budget: int, mesh, *,
