@@ -461,10 +461,10 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
         self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def wait(self, job_id: str, *states: str, timeout: float = 400, release: bool = False,
-             poll: float = 0.2) -> dict:
-        """Polls until the job's state is one of `states` (default: any final state);
-        `release` lets a requeued job start as soon as its last run has ended on the node
-        instead of after SLURM's hold. Returns `job()`.
+             restarts: int = 0, poll: float = 0.2) -> dict:
+        """Polls until the job's state is one of `states` (default: any final state), and it has
+        been restarted at least `restarts` times; `release` lets a requeued job start as soon
+        as its last run has ended on the node instead of after SLURM's hold. Returns `job()`.
 
         Why not earlier: a process of the last run still alive can signal the new run, whose
         steps have the same ids (J.0 again): the batch script's forwarding `scancel
@@ -477,16 +477,16 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
         t0, released, ended_at = time.time(), 0, None
         while True:
             info = self.job(job_id)
-            if info["JobState"] in states:
+            count = int(info.get("Restarts", 0))
+            if info["JobState"] in states and count >= restarts:
                 return info
-            restarts = int(info.get("Restarts", 0))
             if release and info["JobState"] == "PENDING" and info.get("Reason") == "BeginTime" \
-                    and restarts > released:
+                    and count > released:
                 if ended_at is None and self.last_run_ended(job_id):
                     ended_at = time.time()
                 if ended_at is not None and time.time() >= math.floor(ended_at) + 1:
                     self.release(job_id)
-                    released, ended_at = restarts, None
+                    released, ended_at = count, None
             if info["JobState"] in FINAL:
                 raise SlurmError(f"job {job_id} ended {info['JobState']}, not in {states}: "
                                  f"{info}")

@@ -1,14 +1,17 @@
 """launch/slurm/train.sbatch on a real one-node SLURM (tests/slurm_cluster.py), two tasks on
-CPU: a run completes; a requeue, a preemption with grace time, `scancel --signal=TERM` and the
-time limit's notice each reach the training processes mid-run, which save, and the job is
-requeued and resumes; a notice that arrives before Python handles SIGTERM kills the processes
-(exit 143) and the job is requeued and starts over. Every resumed or restarted run ends bitwise
-equal (parameters, momentum, schedule state, step, rng) to the uninterrupted one: same process
-count, same programs, same data order. The log is appended across requeues; a plain scancel
-stays a cancel. What each way of stopping a job does: the header of train.sbatch.
+CPU: a run completes; a failing run fails; a plain scancel stays a cancel; and one job is
+stopped once by each of SLURM's ways of stopping it, in turn: a notice that arrives before
+Python handles SIGTERM kills the processes (exit 143), the job is requeued and starts over;
+then a requeue, a preemption with grace time, `scancel --signal=TERM` and the time limit's
+notice each reach the training processes mid-run, which save, and the job is requeued and
+resumes. The finished job ends bitwise equal (parameters, momentum, schedule state, step, rng)
+to the uninterrupted one: same process count, same programs, same data order. The log is
+appended across requeues. What each way of stopping a job does: the header of train.sbatch.
+(One job for the five stops: each run of two tasks compiles everything, ~30 s, and one job
+needs six runs where one job per stop needed ten.)
 
 Timing is taken out of the outcomes: the tests pause the training processes (SIGSTOP) once
-they have logged STOP_AFTER steps (or, for the exit-143 case, before they handle SIGTERM), send
+they have logged the step of their notice (or, for the exit-143 case, before they handle SIGTERM), send
 or wait for the notice, and let them continue once it is pending (or SLURM has continued them:
 it sends SIGCONT before its own notices), so a run cannot finish, or get further, before its
 notice, however slow this machine is. A requeued job is released from SLURM's 121 s hold as
@@ -29,7 +32,10 @@ from slurm_cluster import SlurmError, signal_caught
 # this module runs in one worker, on one cluster
 pytestmark = pytest.mark.xdist_group("slurm")
 
-STEPS = 60
+# Four mid-run stops, each at least a logged step (5) past the last one and up to ~11 steps
+# later still (SLURM continues a paused run, SIGCONT, a few seconds before its SIGTERM): 80
+# steps leave the last run steps to train whatever the timing.
+STEPS = 80
 ARGS = [f"--config.total_steps={STEPS}", "--config.log_every_steps=5",
         "--config.checkpoint_every_steps=20", f"--config.eval_every_steps={STEPS}",
         # a paused run (up to one time-limit check, 30 s) must not count as a dead process
@@ -37,7 +43,6 @@ ARGS = [f"--config.total_steps={STEPS}", "--config.log_every_steps=5",
 # a node without GPUs: the script's GPU defaults overridden on the sbatch command line
 CPU = ["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1"]
 TASKS = 2
-STOP_AFTER = 10       # interrupt once this step is logged
 
 
 def _sbatch(cluster, workdir, port, *options, train_args=()):
@@ -94,28 +99,6 @@ def _assert_same_state(reference, workdir):
                        read_state_on_one_device(workdir, STEPS))
 
 
-def _assert_resumed_once(cluster, job, workdir, stopped_after=STOP_AFTER):
-    """Completed after one requeue; the log holds both runs, in order; with `stopped_after`
-    the first run saved at a step >= stopped_after and the second resumed from it, without
-    it the first saved nothing and the second started from step 0."""
-    info = cluster.job(job)
-    log = _log(workdir, job)
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == \
-        ("COMPLETED", "0:0", "1"), (info, log)
-    first, second = f"=== job {job} start 1 ", f"=== job {job} start 2 "
-    assert first in log and second in log, log        # --open-mode=append: nothing lost
-    before, after = log.split(second)
-    assert "=== finished" in after and "=== finished" not in before, log
-    if stopped_after is not None:
-        stopped = {int(s) for s in re.findall(r"preempted at step (\d+)", before)}
-        assert len(stopped) == 1 and stopped_after <= min(stopped) < STEPS, log  # same step
-        resumed = re.findall(r"resumed from \S+ at step (\d+)", after)
-        assert resumed == [str(*stopped)] * TASKS, log
-    else:
-        assert "preempted at step" not in before and "resumed from" not in after, log
-    return log
-
-
 def _completed(cluster, job, workdir):
     """Waits until the job is COMPLETED, releasing it from each requeue's hold once its last
     run has ended; a job that ends otherwise fails the test with its log."""
@@ -125,7 +108,7 @@ def _completed(cluster, job, workdir):
         raise AssertionError(f"{e}\n{_log(workdir, job)}") from None
 
 
-def _pause_at_step(cluster, job, workdir, step=STOP_AFTER):
+def _pause_at_step(cluster, job, workdir, step):
     """The job's tasks stopped (SIGSTOP) once `step` is logged: the run is mid-training and
     stays there until a notice continues it."""
     _wait_for_step(cluster, job, workdir, step)
@@ -187,85 +170,111 @@ def test_plain_scancel_cancels(slurm, submit, tmp_path):
     assert "SLURM decides" in log and "requeueing" not in log, log
 
 
-def test_scontrol_requeue_resumes_exactly(slurm, submit, reference, tmp_path):
+def _requeue_by_scontrol(cluster, job, tmp_path):
     """SLURM requeues the job itself (SIGCONT, SIGTERM to the steps and the batch shell): the
     processes save, the script sees the job COMPLETING and leaves it to SLURM."""
-    job = submit(tmp_path / "w")
-    tasks = _pause_at_step(slurm, job, tmp_path / "w")
-    slurm.run("scontrol", "requeue", job)
-    slurm.resume(tasks, after_signal=signal.SIGTERM)
-    _completed(slurm, job, tmp_path / "w")
-    log = _assert_resumed_once(slurm, job, tmp_path / "w")
-    assert "the job is COMPLETING: SLURM decides" in log      # SLURM requeues it, not us
-    _assert_same_state(reference[0], tmp_path / "w")
+    cluster.run("scontrol", "requeue", job)
+    return "the job is COMPLETING: SLURM decides", None
 
 
-def test_preemption_saves_requeues_and_resumes_exactly(slurm, submit, reference, tmp_path):
+def _preempt(cluster, job, tmp_path):
     """A job of the higher-tier partition needs the node: ours gets SIGTERM (GraceTime 60 s),
     saves, exits 75 and the script requeues it; it resumes once the urgent job is done."""
-    job = submit(tmp_path / "w")
-    tasks = _pause_at_step(slurm, job, tmp_path / "w")
-    urgent = slurm.sbatch("--partition=urgent", "--ntasks=2", "--cpus-per-task=1",
-                          f"--output={tmp_path}/urgent-%j.out", "--wrap", "echo urgent ran")
-    slurm.resume(tasks, after_signal=signal.SIGTERM)
-    _completed(slurm, job, tmp_path / "w")
-    log = _assert_resumed_once(slurm, job, tmp_path / "w")
-    assert "stopped by a notice, checkpoint saved: requeueing" in log
-    assert slurm.job(urgent)["JobState"] == "COMPLETED"
-    assert slurm.job(urgent)["EndTime"] <= re.search(
-        rf"=== job {job} start 2 on \S+ at (\S+ \S+)", log).group(1).replace(" ", "T")
-    _assert_same_state(reference[0], tmp_path / "w")
+    urgent = cluster.sbatch("--partition=urgent", "--ntasks=2", "--cpus-per-task=1",
+                            f"--output={tmp_path}/urgent-%j.out", "--wrap", "echo urgent ran")
+    return "stopped by a notice, checkpoint saved: requeueing", urgent
 
 
-def test_scancel_signal_term_saves_requeues_and_resumes_exactly(slurm, submit, reference,
-                                                                tmp_path):
-    job = submit(tmp_path / "w")
-    tasks = _pause_at_step(slurm, job, tmp_path / "w")
-    slurm.run("scancel", "--signal=TERM", job)
-    slurm.resume(tasks, after_signal=signal.SIGTERM)
-    _completed(slurm, job, tmp_path / "w")
-    log = _assert_resumed_once(slurm, job, tmp_path / "w")
-    assert "stopped by a notice, checkpoint saved: requeueing" in log
-    _assert_same_state(reference[0], tmp_path / "w")
+def _scancel_term(cluster, job, tmp_path):
+    cluster.run("scancel", "--signal=TERM", job)
+    return "stopped by a notice, checkpoint saved: requeueing", None
 
 
-def test_time_limit_notice_saves_requeues_and_resumes_exactly(slurm, submit, reference,
-                                                              tmp_path):
+def _time_limit(cluster, job, tmp_path):
     """The script's --signal=TERM@120: SLURM sends it at a time limit check (slurmctld tests
     limits every 30 s, a compiled-in constant) once the job's end is less than 120 + 30 s
-    away. The job starts with a long limit; paused mid-training, it gets one that makes the
-    notice due, and SLURM's next check sends it (SIGCONT first, then SIGTERM). The limit is
-    then lengthened again, so neither this run nor the requeued one reaches it."""
-    job = submit(tmp_path / "w", "--time=10")
-    tasks = _pause_at_step(slurm, job, tmp_path / "w")
-    # minutes: end - now in (90, 150] s, so the notice is due at the next check and the run
-    # still has more than a minute to save after it
-    limit = int((slurm.elapsed(job) + 150) // 60)
-    slurm.run("scontrol", "update", f"JobId={job}", f"TimeLimit={limit}")
+    away. The job runs with a long limit; paused mid-training, it gets one that makes the
+    notice due (end - now in (90, 150] s, so the run still has more than a minute to save),
+    and SLURM's next check sends it (SIGCONT first, then SIGTERM). The limit is then
+    lengthened again, so no later run reaches it."""
+    limit = int((cluster.elapsed(job) + 150) // 60)
+    cluster.run("scontrol", "update", f"JobId={job}", f"TimeLimit={limit}")
     notice = f"send_job_warn_signal: warning signal 15 to JobId={job}"
-    wait_for(lambda: notice in slurm.log("slurmctld"), timeout=120,
+    wait_for(lambda: notice in cluster.log("slurmctld"), timeout=120,
              what="slurmctld's time-limit notice")
-    slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
-    slurm.resume(tasks, after_signal=signal.SIGTERM)
-    _completed(slurm, job, tmp_path / "w")
-    log = _assert_resumed_once(slurm, job, tmp_path / "w")
-    assert "stopped by a notice, checkpoint saved: requeueing" in log
-    assert slurm.log("slurmctld").count(notice) == 1
-    _assert_same_state(reference[0], tmp_path / "w")
+    cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+    return "stopped by a notice, checkpoint saved: requeueing", None
 
 
-def test_notice_before_python_handles_sigterm_requeues_and_starts_over(slurm, submit,
-                                                                       reference, tmp_path):
-    """A notice while the processes start (before JAX installs its SIGTERM handler) kills them
-    (exit 143); the script counts that as a notice and requeues, and the job starts over from
-    the last periodic checkpoint (none yet: step 0)."""
-    job = submit(tmp_path / "w")
+# The four mid-run notices, in the order one job gets them, each to a run that has trained past
+# the step it resumed from. Each sends its notice and returns the line the log must show for
+# it, and the job it started (the urgent one) or None.
+NOTICES = (_requeue_by_scontrol, _preempt, _scancel_term, _time_limit)
+
+
+def _runs(log, job, count):
+    """The log split at each run's start line: one part per run, in order (all present:
+    --open-mode=append loses nothing)."""
+    starts = [f"=== job {job} start {k} " for k in range(1, count + 1)]
+    assert all(s in log for s in starts) and f"=== job {job} start {count + 1} " not in log, log
+    positions = [log.index(s) for s in starts]
+    assert positions == sorted(positions), log
+    return [log[a:b] for a, b in zip(positions, positions[1:] + [len(log)], strict=True)]
+
+
+def test_every_way_of_stopping_a_job_requeues_it_and_it_ends_exactly(slurm, submit, reference,
+                                                                     tmp_path):
+    """One job, stopped five times, once by each of SLURM's notices, and finished: every run
+    after a mid-run notice resumes from the step its processes saved at, the one killed before
+    Python handled SIGTERM starts over, and the last run ends bitwise equal to the
+    uninterrupted one (so no stop lost or repeated a step, an update or a batch).
+
+    First, a notice while the processes start (before JAX installs its SIGTERM handler)
+    kills them (exit 143); the script counts that as a notice and requeues, and the job starts
+    over from the last periodic checkpoint (none yet: step 0). Then the four notices of
+    NOTICES, each to a run paused mid-training at its step."""
+    wd = tmp_path / "w"
+    job = submit(wd, "--time=10")
     tasks = slurm.pause(job, TASKS)      # as soon as srun has started them
     assert not any(signal_caught(t, signal.SIGTERM) for t in tasks), \
         "the tasks handle SIGTERM already: paused too late for this case"
     slurm.run("scancel", "--signal=TERM", job)
     slurm.resume(tasks, after_signal=signal.SIGTERM)
-    _completed(slurm, job, tmp_path / "w")
-    log = _assert_resumed_once(slurm, job, tmp_path / "w", stopped_after=None)
-    assert "killed (exit 143) by a notice: requeueing" in log, log
-    _assert_same_state(reference[0], tmp_path / "w")
+    expected, started = ["killed (exit 143) by a notice: requeueing"], []
+    for n, notify in enumerate(NOTICES, start=1):
+        try:
+            slurm.wait(job, "RUNNING", release=True, restarts=n)
+        except SlurmError as e:
+            raise AssertionError(f"{e}\n{_log(wd, job)}") from None
+        # the new run is training (so it handles SIGTERM) once it logs a step past the one it
+        # resumed from (the last checkpoint: the last stop's; records after it were dropped)
+        tasks = _pause_at_step(slurm, job, wd, max(checkpoint_steps(wd), default=0) + 1)
+        line, other = notify(slurm, job, tmp_path)
+        expected.append(line)
+        started += [other] if other else []
+        slurm.resume(tasks, after_signal=signal.SIGTERM)
+    info = _completed(slurm, job, wd)
+    log = _log(wd, job)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == \
+        ("COMPLETED", "0:0", str(len(NOTICES) + 1)), (info, log)
+    runs = _runs(log, job, len(NOTICES) + 2)
+    assert "=== finished" in runs[-1] and not any("=== finished" in r for r in runs[:-1]), log
+    # the first run was killed before it could save, the second started over
+    assert expected[0] in runs[0] and "preempted at step" not in runs[0], log
+    assert "resumed from" not in runs[1], log
+    previous = 0
+    for n, (run, after) in enumerate(zip(runs[1:-1], runs[2:], strict=True), start=1):
+        assert expected[n] in run, (NOTICES[n - 1].__name__, log)
+        stopped = {int(s) for s in re.findall(r"preempted at step (\d+)", run)}
+        # both processes at the same step, past the one they resumed from
+        assert len(stopped) == 1 and previous < min(stopped) < STEPS, log
+        previous = min(stopped)
+        resumed = re.findall(r"resumed from \S+ at step (\d+)", after)
+        assert resumed == [str(previous)] * TASKS, log
+    urgent = slurm.job(*started)
+    assert urgent["JobState"] == "COMPLETED"
+    assert urgent["EndTime"] <= re.search(rf"=== job {job} start 4 on \S+ at (\S+ \S+)",
+                                          log).group(1).replace(" ", "T")
+    notice = f"send_job_warn_signal: warning signal 15 to JobId={job}"
+    assert slurm.log("slurmctld").count(notice) == 1
+    _assert_same_state(reference[0], wd)
