@@ -193,7 +193,8 @@ def main():
     # what creating the sharded state costs one device (params + momentum out, temporaries)
     init = state_lib.initializer(model, run.tx, run.plateau_tx, layout, mesh)
     key = jax.random.PRNGKey(config.seed)
-    memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh)) \
+    memory = jax.jit(init, out_shardings=layout.shardings(jax.eval_shape(init, key), mesh),
+                     compiler_options=state_lib.init_compiler_options(mesh)) \
         .lower(key).compile().memory_analysis()
     hlo = step.lower(pstate, mesh_batches[0]).compile().as_text()
 
