@@ -17,10 +17,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest_plugins = ["slurm_cluster"]     # the `slurm` fixture: a one-node SLURM on localhost
 TINY = f"{REPO}/experiments/synthetic.py:tiny"
-# The modules that take longest (seconds of one worker in a fresh-clone run, 2026-12-01), run
-# first: pytest-xdist hands each worker its next module when it has fewer than two queued, so
-# the longest ones started last would leave the other worker idle at the end (pytest.ini turns
-# off xdist's own order, by number of tests, which put the SLURM module, 4 tests, last).
+# The four modules that take longest run first (a fresh-clone run, 2026-12-01: experiments
+# 523 s of one worker, parallel 521, multiprocess 508, slurm 281): pytest-xdist hands each
+# worker its next module when it has fewer than two queued, so long ones started last leave the
+# other worker idle at the end (pytest.ini turns off xdist's own order, by number of tests,
+# which put the SLURM module, 4 tests, last). In this order the two modules of two-process runs
+# go to one worker, one after the other.
 LONGEST_FIRST = ("test_slurm.py", "test_experiments.py", "test_multiprocess.py",
                  "test_parallel.py")
 

@@ -112,10 +112,10 @@ def create(model, tx, plateau_tx, config, mesh, layout) -> tuple[TrainState, Any
 
 def init_compiler_options(mesh) -> dict:
     """XLA options of the initializer's program. On CPU, LLVM at XLA's default optimization
-    level (2) spends ~10 s compiling the random draws of even the tiny test model (every
-    process of a multi-process run pays it: JAX caches compiled programs from process 0 only);
-    level 1 compiles them ~4x faster into the same bits (tests/test_models.py checks), and the
-    program runs once. Other platforms keep their defaults."""
+    level (2) spent 18 s compiling the random draws of even the tiny test model (2 busy cores;
+    every process of a multi-process run pays it: JAX's persistent cache serves process 0
+    only); level 1 compiled them in 5 s into the same bits (tests/test_models.py checks), and
+    the program runs once. Other platforms keep their defaults."""
     if mesh.devices.flat[0].platform == "cpu":
         return {"xla_backend_optimization_level": 1}
     return {}
