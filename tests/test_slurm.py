@@ -271,7 +271,7 @@ def test_every_way_of_stopping_a_job_requeues_it_and_it_ends_exactly(slurm, subm
         previous = min(stopped)
         resumed = re.findall(r"resumed from \S+ at step (\d+)", after)
         assert resumed == [str(previous)] * TASKS, log
-    urgent = slurm.job(*started)
+    (urgent,) = [slurm.job(j) for j in started]      # the preemption's job, the only one
     assert urgent["JobState"] == "COMPLETED"
     assert urgent["EndTime"] <= re.search(rf"=== job {job} start 4 on \S+ at (\S+ \S+)",
                                           log).group(1).replace(" ", "T")

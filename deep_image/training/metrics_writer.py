@@ -20,14 +20,14 @@ def _summary_writer_class():
     is installed, only to accept its tensors (2.6 s at every start on 2 cores; we write floats).
     A torch already imported stays; one imported later imports normally."""
     import sys
-    if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None          # `import torch` raises ImportError while this is set
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None      # `import torch` raises ImportError while this is set
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        if blocked:
+            del sys.modules["torch"]
     return SummaryWriter
 
 
