@@ -52,6 +52,11 @@ def base() -> ml_collections.ConfigDict:
     c.data.scale = constants.TRAIN_SCALES[0]   # images are resized to scale x scale (§4.2)
     c.data.crop = constants.CROP_SIZE          # then cropped to crop x crop (§5.1)
     c.data.resize = "square"           # square: scale x scale (§4.2); shorter_side: keep aspect
+    # 0: images as stored. N: every image of every split is first reduced to N pixels on its
+    # shorter side (area averaging), as a camera of lower resolution would take it, then
+    # resized to `scale` as usual: less detail at the same field of view and the same network
+    # (the claims study's low-resolution arm, §4.2)
+    c.data.capture_size = 0
     # §4.1 augmentations (deep_image/data/augment.py has the Table 1 spaces). All but cropping
     # act on the crop. "No augmentation", "crop + flip" and "all six" are switches here.
     c.data.augment = ml_collections.ConfigDict()
@@ -128,6 +133,8 @@ def base() -> ml_collections.ConfigDict:
     # schedule watches config.eval.headline (the benchmark's own metric) on data.val_split.
     # Without a val split the rate is constant but for decay_steps.
     c.schedule = ml_collections.ConfigDict()
+    c.schedule.plateau = True          # False: no plateau decisions (validation is still
+                                       # evaluated and logged); the rate follows decay_steps
     c.schedule.factor = constants.LR_DECAY_FACTOR
     c.schedule.patience = 2            # evaluations without improvement before dividing
     c.schedule.cooldown = 0            # evaluations to wait after a division
@@ -256,6 +263,9 @@ def check(config: ml_collections.ConfigDict) -> None:
          f"config.data.workers={d.workers}, threads={d.threads}, prefetch={d.prefetch}, "
          f"device_prefetch={d.device_prefetch}: workers >= 0 and threads > 0, or -1 for both "
          "to derive them from the CPUs; prefetch > 0; device_prefetch >= 0")
+    need(d.capture_size == 0 or d.capture_size >= 8,
+         f"config.data.capture_size={d.capture_size}: give 0 (images as stored) or a side of "
+         "at least 8 pixels")
     need(d.placement in ("host", "device"),
          f"config.data.placement={d.placement!r}; choose host or device")
     need(d.placement == "host" or d.resize == "square",

@@ -107,3 +107,25 @@ def test_no_decision_at_or_before_decide_after_step(monkeypatch, tmp_path):
     assert want != pytest.approx([1.0] + reference_plateau(errors[1:], **PLATEAU))
     assert want != pytest.approx(reference_plateau(errors, **PLATEAU))
     assert [r["schedule/lr_scale"] for r in evals] == pytest.approx(want)
+
+
+def test_plateau_off_keeps_validation_logged_and_the_rate_on_its_fixed_steps(monkeypatch,
+                                                                             tmp_path):
+    """val = CONSTANT, which would divide at every evaluation after the first: with
+    schedule.plateau=False nothing divides on it, validation is still evaluated and logged,
+    and the rate is the base rate divided by ten at each of decay_steps (by hand)."""
+    _register(monkeypatch, {"train": "train", "val": "constant", "test": "constant"})
+    config = _config(total_steps=20, eval_every_steps=5, curves_on_eval_split=False,
+                     optimizer__learning_rate=0.03)
+    config.schedule.plateau = False
+    config.schedule.decay_steps = (8, 14)
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    evals = _evaluations(tmp_path / "run")
+    assert [r["step"] for r in evals] == [5, 10, 15, 20]
+    assert all(r["val/top1"] == pytest.approx(1 / NUM_CLASSES) for r in evals)
+    assert [r["schedule/lr_scale"] for r in evals] == [1.0] * 4
+    lr = {r["step"]: r["train/lr"] for r in records(tmp_path / "run") if "train/lr" in r}
+    # the rate logged at step s is the one step s used (state.step = s - 1 before it)
+    expected = {s: 0.03 * 0.1 ** sum(s - 1 >= d for d in (8, 14)) for s in lr}
+    assert lr == pytest.approx(expected, rel=1e-5)
+    assert len(set(round(v, 8) for v in lr.values())) == 3

@@ -331,3 +331,25 @@ def test_a_vanished_data_directory_is_an_error_not_endless_skips(tmp_path):
     counter.read()
     with pytest.raises(DataError, match="is the data still there"):
         counter.skip("record 99", "unreadable")
+
+
+def test_capture_size_takes_every_split_at_a_lower_resolution():
+    """config.data.capture_size: each image area-averaged to N px on its shorter side (numpy
+    block means, for a 2x reduction), labels and sizes untouched, every split; 0 keeps them."""
+    c = tiny_config(data__synthetic__native_size=48, data__synthetic__object_scale=(0.2, 0.7))
+    full = {s: sources.get_source(c.data, s) for s in ("train", "val", "test")}
+    c.data.capture_size = 24
+    low = {s: sources.get_source(c.data, s) for s in ("train", "val", "test")}
+    for split in full:
+        a, b = full[split][3], low[split][3]
+        assert a["image"].shape == (48, 48, 3) and b["image"].shape == (24, 24, 3)
+        blocks = a["image"].astype(np.float64).reshape(24, 2, 24, 2, 3).mean((1, 3))
+        np.testing.assert_allclose(b["image"], blocks, atol=0.51)     # uint8 rounding
+        assert b["label"] == a["label"]
+        np.testing.assert_array_equal(low[split].labels(), full[split].labels())
+    np.testing.assert_array_equal(low["test"].object_sizes(), full["test"].object_sizes())
+    assert low["test"].class_names == full["test"].class_names
+    # an image already at or below the side is kept as it is
+    c.data.capture_size = 64
+    np.testing.assert_array_equal(sources.get_source(c.data, "val")[0]["image"],
+                                  full["val"][0]["image"])

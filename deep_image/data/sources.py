@@ -11,6 +11,8 @@ them (official.py, no TensorFlow), else from a TFDS copy (root as its data_dir).
 
 from __future__ import annotations
 
+import cv2
+
 from deep_image.data import archives, official, splits, synthetic, tfds_sources
 from deep_image.data.errors import DataError
 
@@ -79,4 +81,37 @@ def get_source(data_config, split: str):
     except KeyError:
         raise DataError(f"unknown dataset {data_config.source!r}; choose one of "
                         f"{', '.join(sorted(SOURCES))}") from None
-    return splits.select(make(data_config, splits.parse(split).base), split)
+    source = splits.select(make(data_config, splits.parse(split).base), split)
+    return Recaptured(source, data_config.capture_size) if data_config.capture_size else source
+
+
+class Recaptured:
+    """`source` with every image reduced to `side` pixels on its shorter side (area
+    averaging; an image already that small is kept): the same scenes taken by a camera of
+    lower resolution (config.data.capture_size). Everything else is the source's."""
+
+    def __init__(self, source, side: int):
+        self._source, self.side = source, int(side)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int):
+        example = self._source[index]
+        if example is None:
+            return None
+        image = example["image"]
+        h, w = image.shape[:2]
+        if min(h, w) > self.side:
+            f = self.side / min(h, w)
+            size = (max(1, round(w * f)), max(1, round(h * f)))   # cv2: (width, height)
+            example = {**example, "image": cv2.resize(image, size, interpolation=cv2.INTER_AREA)}
+            if "bbox" in example:
+                example["bbox"] = tuple(v * f for v in example["bbox"])
+        return example
+
+    def __getattr__(self, name):       # class_names, labels(), object_sizes(), ...
+        return getattr(self._source, name)
+
+    def __repr__(self) -> str:
+        return f"Recaptured({self._source!r}, {self.side} px)"

@@ -287,7 +287,8 @@ def _train(config, workdir, ckpt, run, train_source, train_iter, train_batches, 
                                 img_s=round(values["train/images_per_second"], 1))
             if evaluate:
                 last_eval = run_eval(step, final=done)
-                if "val" in evaluators and step > config.schedule.decide_after_step:
+                if ("val" in evaluators and config.schedule.plateau
+                        and step > config.schedule.decide_after_step):
                     # §5.1, decided on validation only
                     state = update_plateau(state, np.float32(
                         metrics_lib.decision_error(last_eval, "val", headline)))
