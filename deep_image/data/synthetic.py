@@ -51,7 +51,9 @@ HEAD_MARKS_B = ("masked", "tufted", "spectacled", "moustached")
 # The attributes in the order they become class-defining, per species, and the bird's name.
 ATTRIBUTES = (("wing", WING_MARKS), ("head", HEAD_MARKS), ("tail", TAILS))
 SPECIES = {"A": (ATTRIBUTES, "warbler"),
-           "B": ((("wing", WING_MARKS_B), ("head", HEAD_MARKS_B), ("tail", TAILS)), "finch")}
+           "B": ((("wing", WING_MARKS_B), ("head", HEAD_MARKS_B), ("tail", TAILS)), "finch"),
+           "C": (None, "")}      # mixed: 32 classes, see _mixed_attributes
+_STREAM = {"A": (), "B": (1,), "C": (2,)}   # each species draws from its own generators
 VALID_NUM_CLASSES = (4, 16, 32)
 SPLITS = {"train": 0, "val": 1, "test": 2, "test_shifted": 2}   # shifted: test's birds
 _SHIFT_STREAM = 3            # the generator stream of test_shifted's capture conditions
@@ -74,12 +76,15 @@ class SynthBirdsSpec:
     object_scale: tuple[float, float] = (0.45, 0.70)  # body length / image side
     max_tilt_degrees: float = 35.0
     clutter: int = 8                                   # distractor strokes per image
-    species: str = "A"                                 # A (the benchmark) | B (pre-training)
+    species: str = "A"              # A (the benchmark) | B (pre-training) | C (A's and B's marks)
 
     def __post_init__(self):
         if self.species not in SPECIES:
             raise ValueError(f"synthetic species must be one of {tuple(SPECIES)}, got "
                              f"{self.species!r}")
+        if self.species == "C" and self.num_classes != 32:
+            raise ValueError(f"synthetic species C has 32 classes; set num_classes=32, got "
+                             f"{self.num_classes}")
         if self.num_classes not in VALID_NUM_CLASSES:
             raise ValueError(f"synthetic num_classes must be one of {VALID_NUM_CLASSES}, "
                              f"got {self.num_classes}")
@@ -103,13 +108,32 @@ def _defining_attributes(num_classes: int) -> int:
 
 def class_names(num_classes: int, species: str = "A") -> list[str]:
     """Readable names, e.g. 'two-barred crested warbler'; index = label."""
+    if species == "C":
+        return [f"{w} {h} {'warbler-finch' if half else 'finch-warbler'}"
+                for half, (wings, heads) in enumerate(((WING_MARKS, HEAD_MARKS_B),
+                                                       (WING_MARKS_B, HEAD_MARKS)))
+                for h in heads for w in wings]
     attributes, bird = SPECIES[species]
     k = _defining_attributes(num_classes)
     combos = itertools.product(*[values for _, values in reversed(attributes[:k])])
     return [" ".join(reversed(c)) + f" {bird}" for c in combos]
 
 
-def _attributes_of(label: int, num_classes: int, rng: np.random.Generator) -> dict[str, int]:
+def _mixed_attributes(label: int, rng: np.random.Generator) -> dict:
+    """Species C (32 classes): labels 0-15 put one of A's four wing markings with one of B's
+    four head markings, labels 16-31 one of B's wing markings with one of A's head markings;
+    the tail is drawn. No class is a species-A class, yet every A marking is in some class:
+    a pre-training task that, as ILSVRC's birds for CUB, teaches the target's parts, never its
+    classes."""
+    half, rest = divmod(label, 16)
+    return {"wing": rest % 4, "head": rest // 4, "wing_from": "B" if half else "A",
+            "head_from": "A" if half else "B", "tail": int(rng.integers(len(TAILS)))}
+
+
+def _attributes_of(label: int, num_classes: int, rng: np.random.Generator,
+                   species: str = "A") -> dict:
+    if species == "C":
+        return _mixed_attributes(label, rng)
     k = _defining_attributes(num_classes)
     out = {}
     for i, (name, values) in enumerate(ATTRIBUTES):
@@ -152,7 +176,15 @@ def _bird_parts(attrs: dict[str, int], species: str = "A"):
     parts.append((_ellipse(-0.06, 0.02, 0.30, 0.12), "wing"))
     if species == "B":
         return parts + _species_b_marks(attrs)
-    wing = WING_MARKS[attrs["wing"]]
+    if species == "C":          # one of A's markings and one of B's (attrs says which)
+        wing = (_a_wing if attrs["wing_from"] == "A" else _b_wing)(attrs["wing"])
+        head = (_a_head if attrs["head_from"] == "A" else _b_head)(attrs["head"])
+        return parts + wing + head + [_EYE]
+    return parts + _a_wing(attrs["wing"]) + _a_head(attrs["head"]) + [_EYE]
+
+
+def _a_wing(index: int):
+    parts, wing = [], WING_MARKS[index]
     if wing == "one-barred":
         parts.append((_bar(-0.10, -0.12, -0.02, 0.14, 0.06), "mark"))
     elif wing == "two-barred":
@@ -161,24 +193,28 @@ def _bird_parts(attrs: dict[str, int], species: str = "A"):
     elif wing == "spotted":
         for x, y in ((-0.24, 0.03), (-0.06, -0.04), (0.12, 0.04)):
             parts.append((_ellipse(x, y, 0.065, 0.065, n=12), "mark"))
-    head = HEAD_MARKS[attrs["head"]]
-    if head == "eye-striped":
-        parts.append((_bar(0.34, -0.17, 0.66, -0.14, 0.05), "mark"))
-    elif head == "crested":
-        parts.append((np.array([[0.38, -0.22], [0.34, -0.50], [0.56, -0.26]]), "mark"))
-    elif head == "capped":
-        parts.append((_ellipse(0.50, -0.23, 0.14, 0.08), "mark"))
-    else:  # throated
-        parts.append((_ellipse(0.56, -0.02, 0.10, 0.08), "mark"))
-    parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
     return parts
+
+
+def _a_head(index: int):
+    head = HEAD_MARKS[index]
+    if head == "eye-striped":
+        return [(_bar(0.34, -0.17, 0.66, -0.14, 0.05), "mark")]
+    if head == "crested":
+        return [(np.array([[0.38, -0.22], [0.34, -0.50], [0.56, -0.26]]), "mark")]
+    if head == "capped":
+        return [(_ellipse(0.50, -0.23, 0.14, 0.08), "mark")]
+    return [(_ellipse(0.56, -0.02, 0.10, 0.08), "mark")]     # throated
 
 
 def _species_b_marks(attrs: dict[str, int]):
     """Species B's wing and head markings, drawn over the wing and head of _bird_parts, about
     as large as species A's (a task as learnable as the benchmark's)."""
-    parts = []
-    wing = WING_MARKS_B[attrs["wing"]]
+    return _b_wing(attrs["wing"]) + _b_head(attrs["head"]) + [_EYE]
+
+
+def _b_wing(index: int):
+    parts, wing = [], WING_MARKS_B[index]
     if wing == "streaked":
         for y in (-0.06, 0.08):
             parts.append((_bar(-0.30, y, 0.16, y - 0.02, 0.04), "mark"))
@@ -190,18 +226,22 @@ def _species_b_marks(attrs: dict[str, int]):
         parts.append((_bar(-0.32, 0.08, 0.20, 0.10, 0.06), "mark"))
     else:  # patched
         parts.append((_ellipse(0.10, -0.02, 0.13, 0.10), "mark"))
-    head = HEAD_MARKS_B[attrs["head"]]
-    if head == "masked":
-        parts.append((_ellipse(0.56, -0.15, 0.11, 0.07), "mark"))
-    elif head == "tufted":     # a tuft behind the head: the silhouette changes, as a crest
-        parts.append((np.array([[0.40, -0.20], [0.20, -0.42], [0.48, -0.27]]), "mark"))
-    elif head == "spectacled":
-        parts.append((_ellipse(0.55, -0.16, 0.08, 0.08, n=14), "mark"))
-        parts.append((_ellipse(0.55, -0.16, 0.04, 0.04, n=10), "body"))
-    else:  # moustached
-        parts.append((_bar(0.64, -0.08, 0.40, -0.01, 0.05), "mark"))
-    parts.append((_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye"))
     return parts
+
+
+def _b_head(index: int):
+    head = HEAD_MARKS_B[index]
+    if head == "masked":
+        return [(_ellipse(0.56, -0.15, 0.11, 0.07), "mark")]
+    if head == "tufted":     # a tuft behind the head: the silhouette changes, as a crest
+        return [(np.array([[0.40, -0.20], [0.20, -0.42], [0.48, -0.27]]), "mark")]
+    if head == "spectacled":
+        return [(_ellipse(0.55, -0.16, 0.08, 0.08, n=14), "mark"),
+                (_ellipse(0.55, -0.16, 0.04, 0.04, n=10), "body")]
+    return [(_bar(0.64, -0.08, 0.40, -0.01, 0.05), "mark")]   # moustached
+
+
+_EYE = (_ellipse(0.55, -0.16, 0.025, 0.025, n=10), "eye")
 
 
 def _fill(img, poly, colour):
@@ -248,7 +288,7 @@ def _lens_maps(size: int, k: float, stretch: tuple[float, float]):
 def _rng_and_label(spec: SynthBirdsSpec, split: str, index: int):
     """The generator that draws everything about an example, after drawing its label.
     Species A keeps the benchmark's original streams; B has its own."""
-    key = (spec.seed, SPLITS[split], index) + ((1,) if spec.species == "B" else ())
+    key = (spec.seed, SPLITS[split], index) + _STREAM[spec.species]
     rng = np.random.default_rng(key)
     return rng, int(rng.integers(spec.num_classes))
 
@@ -271,7 +311,7 @@ def _render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, i
     if not 0 <= index < n:
         raise IndexError(f"index {index} out of range for the {n}-image {split} split")
     rng, label = _rng_and_label(spec, split, index)
-    attrs = _attributes_of(label, spec.num_classes, rng)
+    attrs = _attributes_of(label, spec.num_classes, rng, spec.species)
     size = spec.native_size
     img = _background(rng, size, spec.clutter)
 
@@ -308,7 +348,7 @@ def _render(spec: SynthBirdsSpec, split: str, index: int) -> tuple[np.ndarray, i
     img += rng.normal(0, 4, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8)
     if split == "test_shifted":
-        key = (spec.seed, _SHIFT_STREAM, index) + ((1,) if spec.species == "B" else ())
+        key = (spec.seed, _SHIFT_STREAM, index) + _STREAM[spec.species]
         image = capture_shift(image, np.random.default_rng(key))
     return image, label, float(relative_size)
 
