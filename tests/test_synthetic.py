@@ -84,6 +84,34 @@ def test_species_b_is_another_task_on_the_same_bird():
     assert not np.array_equal(ia, ib) and np.array_equal(ib, ib2)
     assert ia.shape == ib.shape
     with pytest.raises(ValueError, match="species"):
+        SynthBirdsSpec(species="D")
+
+
+def _polygons(parts):
+    return [p.round(6).tobytes() for p, _ in parts]
+
+
+@pytest.mark.parametrize("label", [0, 7, 15, 16, 22, 31])
+def test_species_c_draws_one_marking_of_a_and_one_of_b_and_shares_no_class(label):
+    """Label l < 16: A's wing marking l % 4 with B's head marking l // 4; l >= 16: B's wing
+    marking with A's head marking (restated here by hand). Its polygons are the bird's (as
+    species A and B draw it), that wing marking's and that head marking's (as A and B draw
+    them: A's and B's images are pinned elsewhere), then the eye."""
+    attrs = synthetic._attributes_of(label, 32, np.random.default_rng(0), "C")
+    wing, head = label % 4, label % 16 // 4
+    wing_marks = synthetic._a_wing if label < 16 else synthetic._b_wing
+    head_marks = synthetic._b_head if label < 16 else synthetic._a_head
+    bird = synthetic._bird_parts({"wing": 0, "head": 0, "tail": attrs["tail"]}, "A")
+    body = bird[:len(bird) - 1 - len(synthetic._a_head(0))]    # A's plain wing adds nothing
+    expected = body + wing_marks(wing) + head_marks(head) + [synthetic._EYE]
+    assert _polygons(synthetic._bird_parts(attrs, "C")) == _polygons(expected)
+    name = class_names(32, "C")[label]
+    wings = synthetic.WING_MARKS if label < 16 else synthetic.WING_MARKS_B
+    heads = synthetic.HEAD_MARKS_B if label < 16 else synthetic.HEAD_MARKS
+    assert name.startswith(f"{wings[wing]} {heads[head]} ")
+    assert len(set(class_names(32, "C"))) == 32
+    assert not set(class_names(32, "C")) & (set(class_names(16)) | set(class_names(16, "B")))
+    with pytest.raises(ValueError, match="32 classes"):
         SynthBirdsSpec(species="C")
 
 
