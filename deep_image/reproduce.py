@@ -114,6 +114,11 @@ class Study:
     def run(self) -> dict[str, str]:
         """Trains every run still to do; returns {name: log path} of those that failed (and
         of the runs that depended on them)."""
+        from deep_image.study import design
+        # every split any run may read, rendered once up front, `workers` processes at a time
+        # (as if every pre-trained model passed its gate: the fine-tuning data too)
+        prerender_all(self.work, design.plan(self.kind, self.arms, lambda n: {"val/top1": 1.0}),
+                      self.workers)
         try:
             self._loop()
         except KeyboardInterrupt:
@@ -158,7 +163,6 @@ class Study:
                     self.failed[run.name] = f"(not run: {run.init} failed)"
                 elif len(self.running) < self.workers and self._ready(run):
                     self.started.add(run.name)
-                    prerender_all(self.work, [run], 1)
                     os.makedirs(run_dir(self.work, run.name), exist_ok=True)
                     log = open(os.path.join(run_dir(self.work, run.name), "log.txt"), "a")
                     cmd = [sys.executable, "-m", "deep_image.study.runs", self.work,
