@@ -1,7 +1,7 @@
 """The paper's claims, each with its primary comparison, margin and secondary comparisons
 (§4.1, §4.2, §5.1, §5.2, §5.5), judged by the pre-registered rule of stats.RULE.
 
-Arms (deep_image/study/design.py; all but scratch fine-tune the species-B model on the scarce
+Arms (deep_image/study/design.py; all but scratch fine-tune the species-C model on the scarce
 species-A set, 480 images):
   cropflip   all layers, crop + flip only
   all6       all layers, the six augmentations (the reference arm)

@@ -31,7 +31,7 @@ ARMS = {
 FINETUNE_ARMS = tuple(a for a in ARMS if a != "pretrain")
 
 # The gate a pre-trained model must pass before any fine-tuning reads it: its validation
-# (species B, 1,000 images) centre-crop top-1 at its last step. Fixed from the pilot (whose
+# (species C, 1,000 images) centre-crop top-1 at its last step. Fixed from the pilot (whose
 # seeds are not in the study): a model below it has not learnt the pre-training task.
 HEALTH_GATE = 0.70
 
