@@ -25,6 +25,10 @@ Two more things serve the claims study (deep_image/study):
   edged, patched; head: masked, tufted, spectacled, moustached) on the same silhouette, clutter
   and optics: a pre-training task that shares no class with species A (the paper pre-trains on
   ILSVRC, then fine-tunes on CUB).
+- `species="C"` (32 classes): one of A's wing markings with one of B's head markings (labels
+  0-15) or one of B's wing markings with one of A's head markings (16-31): no class is a
+  species-A class, every A marking is in some class, as ILSVRC's birds teach CUB's parts and
+  not its species. The claims study pre-trains on it (species B transfers poorly: pilot).
 - split `test_shifted`: the birds of `test`, photographed under harsher capture conditions than
   any training image or augmentation (`capture_shift`: a colour cast of 30-45 levels on two or
   three channels, vignetting from radius 0.10-0.20 darkening the corners by 90-98%, barrel or
