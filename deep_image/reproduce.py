@@ -77,6 +77,12 @@ def to_do(runs, work: str, results: str) -> list:
     return again + missing
 
 
+def same_model(before: dict, after: dict) -> bool:
+    """Whether a pre-trained model trained again is the one its record describes (training is
+    deterministic on one machine; its validation scores are the check)."""
+    return before.get("val/top1") == after.get("val/top1")
+
+
 def prerender_all(work: str, runs, workers: int) -> None:
     """Every SynthBirds split the runs read, rendered once into WORK/data (in parallel)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -105,6 +111,7 @@ class Study:
         self.kind, self.arms, self.work, self.results = kind, arms, work, results
         self.workers, self.on_done = workers, on_done
         self.running, self.failed, self.started = {}, {}, set()
+        self.previous = {}     # records of pre-trained models being trained again
 
     def plan(self):
         from deep_image.study import design
@@ -153,6 +160,16 @@ class Study:
                     from deep_image.study.runs import result
                     if proc.returncode or result(self.results, name) is None:
                         self.failed[name] = log.name
+                    elif name in self.previous and not same_model(self.previous[name],
+                                                                  result(self.results, name)):
+                        # trained again (its checkpoint was gone) into another model: the runs
+                        # that fine-tuned the first one must not be paired with new ones
+                        self.failed[name] = (
+                            f"trained again, it gives validation top-1 "
+                            f"{result(self.results, name)['val/top1']}, not the "
+                            f"{self.previous[name]['val/top1']} of its record (another machine?):"
+                            f" delete the records of the runs that fine-tune it "
+                            f"({self.results}/*_{name.split('_')[1]}_*) to redo them from it")
                     print(f"{'failed' if name in self.failed else 'done'}: {name}", flush=True)
                     self.on_done()
             pending = [r for r in to_do(self.plan(), self.work, self.results)
@@ -163,6 +180,8 @@ class Study:
                     self.failed[run.name] = f"(not run: {run.init} failed)"
                 elif len(self.running) < self.workers and self._ready(run):
                     self.started.add(run.name)
+                    if result(self.results, run.name) is not None:
+                        self.previous[run.name] = result(self.results, run.name)
                     os.makedirs(run_dir(self.work, run.name), exist_ok=True)
                     log = open(os.path.join(run_dir(self.work, run.name), "log.txt"), "a")
                     cmd = [sys.executable, "-m", "deep_image.study.runs", self.work,

@@ -561,6 +561,17 @@ def test_toy_study_end_to_end_interrupted_resumed_cached_and_on_a_fresh_checkout
     missing = f"last_p{TOY.pretrain[1]}_f{TOY.finetune[0]}"
     for ext in (".json", ".npz"):
         os.remove(out / "results" / f"{missing}{ext}")
+    # ... but not from a model other than the one its record describes (as on another
+    # machine): that is refused, and nothing is fine-tuned from it
+    pre = out / "results" / f"pretrain_p{TOY.pretrain[1]}.json"
+    kept = pre.read_text()
+    pre.write_text(json.dumps({**json.loads(kept), "val/top1": -1.0}))
+    proc = _reproduce(out, work, logs)
+    stdout, err = _finish(proc, logs, 600)
+    assert proc.returncode != 0 and "trained again" in err, err[-3000:]
+    assert missing not in _started(stdout) and not (out / "results" / f"{missing}.json").exists()
+    pre.write_text(kept)
+    shutil.rmtree(work)
     proc = _reproduce(out, work, logs)
     stdout, err = _finish(proc, logs, 600)
     assert proc.returncode == 0, err[-3000:]
