@@ -150,14 +150,13 @@ class Study:
                                 and has_checkpoint(self.work, run.init))
 
     def _loop(self) -> None:
-        from deep_image.study.runs import run_dir
+        from deep_image.study.runs import result, run_dir
         env = _env(self.work, self.workers)
         while True:
             for name, (proc, log) in list(self.running.items()):
                 if proc.poll() is not None:
                     del self.running[name]
                     log.close()
-                    from deep_image.study.runs import result
                     if proc.returncode or result(self.results, name) is None:
                         self.failed[name] = log.name
                     elif name in self.previous and not same_model(self.previous[name],

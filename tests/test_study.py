@@ -565,7 +565,8 @@ def test_toy_study_end_to_end_interrupted_resumed_cached_and_on_a_fresh_checkout
     # machine): that is refused, and nothing is fine-tuned from it
     pre = out / "results" / f"pretrain_p{TOY.pretrain[1]}.json"
     kept = pre.read_text()
-    pre.write_text(json.dumps({**json.loads(kept), "val/top1": -1.0}))
+    record = json.loads(kept)      # another score, still above the (toy) gate
+    pre.write_text(json.dumps({**record, "val/top1": record["val/top1"] + 0.25}))
     proc = _reproduce(out, work, logs)
     stdout, err = _finish(proc, logs, 600)
     assert proc.returncode != 0 and "trained again" in err, err[-3000:]
