@@ -1,7 +1,7 @@
 """The paper's claims, judged on SynthBirds by a pre-registered rule (deep_image/study):
 
-    python -m deep_image.reproduce --out=docs/claims                  # the study (~2 h)
-    python -m deep_image.reproduce --out=docs/claims/quick --kind=quick     # ~20 min
+    python -m deep_image.reproduce --out=docs/claims                  # the study (2 h budget)
+    python -m deep_image.reproduce --out=docs/claims/quick --kind=quick     # a shorter one
     python -m deep_image.reproduce --out=docs/claims/pilot --kind=pilot     # the pilot
     python -m deep_image.reproduce --out=docs/claims --plan_only --pilot=docs/claims/pilot
 
@@ -62,7 +62,8 @@ def results_dir(out: str) -> str:
 
 def has_checkpoint(work: str, name: str) -> bool:
     from deep_image.study.runs import run_dir
-    d = os.path.join(run_dir(work, name), "checkpoints")
+    from deep_image.training.checkpoint import checkpoint_dir
+    d = checkpoint_dir(run_dir(work, name))
     return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 

@@ -67,22 +67,18 @@ class Results:
 
     def hits(self, arm: str, evaluation: str, mask=None) -> np.ndarray:
         """[replicates, images]: 1 where the arm's model of the replicate is right."""
-        out = []
-        for p, f in self.replicates:
-            probs, labels = self.probs(arm, p, f, evaluation)
-            hit = (probs.argmax(1) == labels).astype(np.float64)
-            out.append(hit if mask is None else hit[mask])
-        return np.stack(out)
+        hit = self.ensemble_hits([((arm, p, f),) for p, f in self.replicates], evaluation)
+        return hit if mask is None else hit[:, mask]
 
-    def ensemble_hits(self, pairs, evaluation: str) -> np.ndarray:
-        """[replicates, images] for the posterior average of each pair of (arm, p, f)."""
+    def ensemble_hits(self, groups, evaluation: str) -> np.ndarray:
+        """[len(groups), images]: 1 where the posterior average of a group of models
+        ((arm, p, f), ...) is right (a group of one: that model)."""
         out = []
-        for a, b in pairs:
-            pa, ya = self.probs(*a, evaluation)
-            pb, yb = self.probs(*b, evaluation)
-            if not np.array_equal(ya, yb):
-                raise ValueError(f"ensemble of {a} and {b}: their test labels differ")
-            out.append(((pa + pb) / 2).argmax(1) == ya)
+        for group in groups:
+            probs, labels = zip(*(self.probs(*m, evaluation) for m in group))
+            if any(not np.array_equal(labels[0], y) for y in labels[1:]):
+                raise ValueError(f"ensemble of {group}: their test labels differ")
+            out.append(np.mean(probs, 0).argmax(1) == labels[0])
         return np.stack(out).astype(np.float64)
 
 
@@ -137,8 +133,8 @@ def _c(r: Results) -> list[Comparison]:
 
 def _better_member(r: Results, a, b, evaluation):
     """Per replicate, the hits of whichever of two models scores higher on the test set."""
-    ha = r.ensemble_hits([(x, x) for x in a], evaluation)
-    hb = r.ensemble_hits([(x, x) for x in b], evaluation)
+    ha = r.ensemble_hits([(x,) for x in a], evaluation)
+    hb = r.ensemble_hits([(x,) for x in b], evaluation)
     pick = ha.mean(1) >= hb.mean(1)
     return np.where(pick[:, None], ha, hb)
 

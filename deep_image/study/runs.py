@@ -67,7 +67,7 @@ class Run:
     @classmethod
     def from_json(cls, text: str) -> "Run":
         d = json.loads(text)
-        return cls(d["name"], d["arg"], d["init"], tuple(d["evaluations"]))
+        return cls(**{**d, "evaluations": tuple(d["evaluations"])})
 
 
 def run_dir(work: str, name: str) -> str:
