@@ -45,6 +45,9 @@ def _tiny(c, *, keep_dtype=False, **extra):
     c.batch_size = c.eval_batch_size = 4
     c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = c.log_every_steps = 2
     c.progress_bar = False
+    if c.data.source == "synthetic":    # the claims config: a few small SynthBirds images
+        s = c.data.synthetic
+        s.native_size, s.train_size, s.val_size, s.test_size = 48, 48, 32, 32
     for k, v in extra.items():
         c[k] = v
     return c
