@@ -387,6 +387,8 @@ def test_seed_lists_share_no_seed():
             assert not a & b
     assert not (set(design.SEEDS["full"].pretrain) | set(design.SEEDS["full"].finetune)) & {
         0, 1, 2, 98, 99}     # the previous study's and pilots' seeds
+    quick = design.SEEDS["quick"]      # the first quick schedule spent 30-33 and 40-42
+    assert not (set(quick.pretrain) | set(quick.finetune)) & {30, 31, 32, 33, 40, 41, 42}
 
 
 def test_a_fresh_checkout_retrains_a_pre_trained_model_only_for_missing_fine_tunes(tmp_path):

@@ -53,7 +53,9 @@ class Seeds:
 SEEDS = {
     "full": Seeds(pretrain=(10, 11, 12, 13, 14, 15), finetune=(20, 21, 22, 23, 24),
                   pretrains=2),
-    "quick": Seeds(pretrain=(30, 31, 32, 33), finetune=(40, 41, 42), pretrains=1),
+    # quick: seeds 30-33 / 40-42 were spent on the 1,500-step schedule (docs/claims/quick);
+    # its 2,500-step one starts on fresh seeds, two fine-tuning seeds to fit 20 minutes
+    "quick": Seeds(pretrain=(34, 35, 36, 37), finetune=(43, 44), pretrains=1),
     "pilot": Seeds(pretrain=(100, 101, 102), finetune=(100,), pretrains=2),
     "toy": Seeds(pretrain=(0, 1, 2), finetune=(0,), pretrains=2, gate=0.0),  # 12 steps
 }
