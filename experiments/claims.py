@@ -14,8 +14,9 @@ some are small (§4.2); the pre-training birds are 0.45-0.7 (ImageNet's objects 
 Pilot round 1 pre-trained on species B (16 classes with markings of their own): its features
 gave 32% with the classifier alone and ~50% fine-tuned (docs/claims/pilot/round1). Round 2
 (species C): fine-tuned validation 63-65%, the same at learning rates 0.001, 0.003 and 0.01
-(docs/claims/pilot): below the 80-95% a fine-grained study wants; on this machine's budget the
-480 images and 64-pixel crops, not the schedule, set the level.
+(docs/claims/pilot): below the 80-95% a fine-grained study wants. Round 3, after the study
+(docs/claims/pilot/round3): 4x the images and 3x the steps reach 78%, and no more with more
+images; at 64-pixel crops the level stops there, and 3x the steps would not fit the budget.
 
 The net is ResNet-18 at width 1/4 (BatchNorm), not the paper's VGG: on this CPU, VGG-11 at
 width 1/4 sat at chance for 1,000-2,000 pre-training steps on some seeds (the previous study),
