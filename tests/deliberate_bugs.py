@@ -1,0 +1,202 @@
+"""Deliberate bugs, one at a time: each is put into a copy of the repository, the tests meant to
+catch it are run there, and the first failure line is recorded. A bug that no test catches is
+a hole in the suite (issue 21: "make at least 12 deliberate bugs ... show the test that fails").
+
+    python tests/deliberate_bugs.py [--only N,M] [--out docs/test_speed/deliberate_bugs]
+
+Writes OUT.md (a table: bug, test, caught, failure line) and OUT.json. The copy is made from
+the working tree (`git ls-files`, so uncommitted edits count), in a temporary directory, and
+the working tree is never touched. Not collected by pytest (no test_ prefix): it runs the
+suite's own tests, a few minutes per bug on 2 cores. The unmutated tests must pass first:
+run the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bug:
+    area: str
+    what: str
+    path: str
+    old: str        # must occur exactly once in `path`
+    new: str
+    tests: tuple[str, ...]
+
+
+BUGS = (
+    Bug("optimizer", "weight decay on every parameter (biases and BatchNorm scales too)",
+        "deep_image/training/state.py", "mask=_kernels_only", "mask=None",
+        ("tests/test_update_rule.py::test_weight_decay_leaves_biases_alone",)),
+    Bug("optimizer", "nesterov ignored (plain momentum whatever the config says)",
+        "deep_image/training/state.py", "nesterov=opt.nesterov", "nesterov=False",
+        ("tests/test_update_rule.py::test_update_equals_numpy_reference",)),
+    Bug("optimizer", "gradient clipping per element instead of by the global norm",
+        "deep_image/training/state.py", "optax.clip_by_global_norm(opt.grad_clip_norm)",
+        "optax.clip(opt.grad_clip_norm)",
+        ("tests/test_update_rule.py::test_update_equals_numpy_reference",)),
+    Bug("schedule", "warm-up one step late (t / w instead of (t + 1) / w)",
+        "deep_image/training/state.py",
+        "(state.step.astype(jnp.float32) + 1.0) / w", "state.step.astype(jnp.float32) / w",
+        ("tests/test_update_rule.py::test_update_equals_numpy_reference",)),
+    Bug("schedule", "fixed decays one step late (step > decay step)",
+        "deep_image/training/state.py", "jnp.sum(state.step >= jnp.asarray(",
+        "jnp.sum(state.step > jnp.asarray(",
+        ("tests/test_update_rule.py::test_update_equals_numpy_reference",)),
+    Bug("schedule wiring", "the plateau rule reads the reported split, not validation",
+        "deep_image/training/loop.py", 'metrics_lib.decision_error(last_eval, "val", headline)',
+        'metrics_lib.decision_error(last_eval, "eval", headline)',
+        ("tests/test_schedule.py::test_plateau_decisions_follow_the_validation_split_not_the"
+         "_reported_one",)),
+    Bug("schedule wiring", "decide_after_step ignored (decisions from the first evaluation)",
+        "deep_image/training/loop.py", "and step > config.schedule.decide_after_step",
+        "and step > 0", ("tests/test_schedule.py::test_no_decision_at_or_before_decide_after_step",)),
+    Bug("training step", "the update ignores the schedule (base rate, no warm-up or decay)",
+        "deep_image/training/step.py", "lambda p, d: p - lr * d",
+        "lambda p, d: p - config.optimizer.learning_rate * d",
+        ("tests/test_update_rule.py::test_real_train_step_is_the_numpy_update_of_the_model"
+         "_gradient",)),
+    Bug("training step", "accumulated micro-batches each take their own mean (k x the gradient)",
+        "deep_image/training/step.py", "                return loss.sum() / total, (logits, stats, labels)",
+        "                return loss.mean(), (logits, stats, labels)",
+        ("tests/test_accumulation_remat_ema.py::test_accumulated_steps_are_the_whole_batch_steps",)),
+    Bug("resume", "the input pipeline's position is not restored (the data order restarts)",
+        "deep_image/training/checkpoint.py", "        if data_iter is not None:\n            self._mgr.restore(",
+        "        if False:\n            self._mgr.restore(",
+        ("tests/test_resume.py::test_sigkill_after_checkpoint_resumes_exactly",)),
+    Bug("resume", "resume from the checkpoint before the latest",
+        "deep_image/training/checkpoint.py",
+        "step = self._mgr.latest_step() if step is None else step\n        if step is None:\n"
+        "            return None, None",
+        "step = (sorted(self._mgr.all_steps())[-2:] or [None])[0] if step is None else step\n"
+        "        if step is None:\n            return None, None",
+        ("tests/test_resume.py::test_sigkill_after_checkpoint_resumes_exactly",)),
+    Bug("readers", "CUB labels kept 1-based (every image one class off)",
+        "deep_image/data/official.py",
+        '(tables["image_class_labels.txt"][i] for i in ids))) - 1',
+        '(tables["image_class_labels.txt"][i] for i in ids)))',
+        ("tests/test_archives.py::test_cub_from_its_tgz_or_unpacked_with_boxes",)),
+    Bug("readers", "Flowers labels read one image off (image i gets image i+1's label)",
+        "deep_image/data/official.py", "labels[ids - 1] - 1", "np.roll(labels, -1)[ids - 1] - 1",
+        ("tests/test_archives.py::test_flowers_from_its_tgz_and_mat_files",)),
+    Bug("readers", "Pets labels sorted apart from their images",
+        "deep_image/data/official.py", "[cls - 1 for _, cls in rows]",
+        "sorted(cls - 1 for _, cls in rows)",
+        ("tests/test_archives.py::test_pets_from_its_tar_gz_files",)),
+    Bug("claims analyses", "Holm's factor one too small (m - i - 1)",
+        "deep_image/study/stats.py", "(m - i) * p_values[key]", "(m - i - 1) * p_values[key]",
+        ("tests/test_study.py::test_holm_by_hand",)),
+    Bug("claims analyses", "TOST takes the smaller of its two one-sided p-values",
+        "deep_image/study/stats.py", "return float(max(lower, upper))",
+        "return float(min(lower, upper))",
+        ("tests/test_study.py::test_difference_and_equivalence_p_are_scipys_one_sample_t_tests",)),
+    Bug("claims analyses", "a significant effect is 'reproduced' whatever its sign",
+        "deep_image/study/stats.py", '"reproduced" if mean > 0 else "refuted"',
+        '"reproduced" if mean != 0 else "refuted"', ("tests/test_study.py::test_the_four_verdicts",)),
+    Bug("claims analyses", "replicates unpaired (each arm's values sorted before the difference)",
+        "deep_image/study/stats.py", "    return a - b\n", "    return np.sort(a) - np.sort(b)\n",
+        ("tests/test_study.py::test_arms_are_paired_by_replicate",
+         "tests/test_study.py::test_bootstrap_collapses_without_spread_and_keeps_the_pairing")),
+    Bug("claims analyses", "the health gate passes every pre-trained model",
+        "deep_image/study/design.py", 'return record["val/top1"] >= gate', "return True",
+        ("tests/test_study.py::test_the_health_gate_replaces_a_failed_model_by_the_next_seed_of"
+         "_the_list",)),
+)
+
+
+def copy_tree(dest: str) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           check=True, capture_output=True, text=True).stdout.split("\n")
+    for f in filter(None, files):
+        src = os.path.join(REPO, f)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, f)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, f))
+
+
+def failure_line(output: str) -> str:
+    """The first assertion line pytest printed ('E   ...'), else its summary line."""
+    for line in output.splitlines():
+        if line.startswith("E "):
+            return re.sub(r"\s+", " ", line[1:]).strip()[:200]
+    tail = [l for l in output.splitlines() if l.strip()]
+    return tail[-1][:200] if tail else ""
+
+
+def run_bug(copy: str, bug: Bug) -> dict:
+    path = os.path.join(copy, bug.path)
+    original = open(path).read()
+    if original.count(bug.old) != 1:
+        raise SystemExit(f"error: bug {bug.what!r}: its text occurs {original.count(bug.old)} "
+                         f"times in {bug.path}, not once: update tests/deliberate_bugs.py")
+    with open(path, "w") as f:
+        f.write(original.replace(bug.old, bug.new))
+    t0 = time.time()
+    try:
+        env = {**os.environ, "PYTHONPATH": copy, "PYTEST_ADDOPTS": ""}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0",
+                               "-p", "no:cacheprovider", *bug.tests],
+                              cwd=copy, env=env, capture_output=True, text=True)
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
+    out = proc.stdout + proc.stderr
+    failed = re.search(r"^FAILED (\S+)", out, re.M)
+    return {**dataclasses.asdict(bug), "caught": proc.returncode == 1 and failed is not None,
+            "returncode": proc.returncode, "failing_test": failed[1] if failed else None,
+            "failure_line": failure_line(out), "seconds": round(time.time() - t0, 1)}
+
+
+def write(results: list[dict], out: str) -> None:
+    with open(out + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    caught = sum(r["caught"] for r in results)
+    lines = [f"# Deliberate bugs: {caught} of {len(results)} caught",
+             "", "Made by `python tests/deliberate_bugs.py` (one bug at a time, in a copy of "
+             "the repository; tests/deliberate_bugs.py lists each bug's exact edit).", "",
+             "| # | area | bug | failing test | failure line |", "|---|---|---|---|---|"]
+    for i, r in enumerate(results, 1):
+        test = (r["failing_test"] or "NOT CAUGHT: " + ", ".join(r["tests"])).replace("|", "\\|")
+        line = r["failure_line"].replace("|", "\\|")
+        lines.append(f"| {r['index']} | {r['area']} | {r['what']} | `{test}` | `{line}` |")
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", default="", help="comma-separated bug numbers (1-based)")
+    p.add_argument("--out", default=os.path.join(REPO, "docs/test_speed/deliberate_bugs"))
+    args = p.parse_args()
+    chosen = ([int(i) for i in args.only.split(",")] if args.only
+              else list(range(1, len(BUGS) + 1)))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="deliberate_bugs_") as copy:
+        copy_tree(copy)
+        for i in chosen:
+            r = {"index": i, **run_bug(copy, BUGS[i - 1])}
+            results.append(r)
+            print(f"{i:2d} {'caught' if r['caught'] else 'NOT CAUGHT':10s} {r['seconds']:6.0f} s"
+                  f"  {r['what']}\n   {r['failing_test']}: {r['failure_line']}", flush=True)
+            write(results, args.out)
+    missed = [r["index"] for r in results if not r["caught"]]
+    print(f"{len(results) - len(missed)} of {len(results)} caught"
+          + (f"; not caught: {missed}" if missed else ""))
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
