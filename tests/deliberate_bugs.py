@@ -128,12 +128,18 @@ def copy_tree(dest: str) -> None:
 
 
 def failure_line(output: str) -> str:
-    """The first assertion line pytest printed ('E   ...'), else its summary line."""
-    for line in output.splitlines():
-        if line.startswith("E "):
-            return re.sub(r"\s+", " ", line[1:]).strip()[:200]
-    tail = [l for l in output.splitlines() if l.strip()]
-    return tail[-1][:200] if tail else ""
+    """What pytest printed for the first failure: its first 'E' lines, joined (empty when
+    nothing failed)."""
+    lines = output.splitlines()
+    first = next((i for i, l in enumerate(lines) if l.startswith("E ")), None)
+    if first is None:
+        return ""
+    block = []
+    for l in lines[first:]:
+        if not l.startswith("E"):
+            break
+        block.append(l[1:].strip())
+    return re.sub(r"\s+", " ", " ".join(block)).strip()[:200]
 
 
 def run_bug(copy: str, bug: Bug) -> dict:
@@ -168,7 +174,7 @@ def write(results: list[dict], out: str) -> None:
              "", "Made by `python tests/deliberate_bugs.py` (one bug at a time, in a copy of "
              "the repository; tests/deliberate_bugs.py lists each bug's exact edit).", "",
              "| # | area | bug | failing test | failure line |", "|---|---|---|---|---|"]
-    for i, r in enumerate(results, 1):
+    for r in results:
         test = (r["failing_test"] or "NOT CAUGHT: " + ", ".join(r["tests"])).replace("|", "\\|")
         line = r["failure_line"].replace("|", "\\|")
         lines.append(f"| {r['index']} | {r['area']} | {r['what']} | `{test}` | `{line}` |")

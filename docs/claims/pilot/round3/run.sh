@@ -18,13 +18,11 @@ run() {       # NAME ARG [OVERRIDES...]
     > "$work/$name.log" 2>&1
   python - "$work/$name" "$name" "$((SECONDS - t0))" "$arg" "$*" >> "$out/summary.jsonl" <<'PY'
 import json, sys
+from deep_image.study.runs import curve
 workdir, name, seconds, arg, overrides = sys.argv[1:]
-rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
-val = [(r["step"], r["val/top1"]) for r in rows if "val/top1" in r]
-train = [r["train/top1"] for r in rows if "train/top1" in r]
+c = curve([json.loads(line) for line in open(f"{workdir}/metrics.jsonl")])
 print(json.dumps({"name": name, "arg": arg, "overrides": overrides, "seconds": int(seconds),
-                  "val_curve": val, "val_top1": val[-1][1] if val else None,
-                  "train_top1": train[-1] if train else None}))
+                  "val_top1": c["val_top1"][-1], "curve": c}))
 PY
   touch "$work/$name/DONE"
   tail -1 "$out/summary.jsonl"
