@@ -386,14 +386,17 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10
         return found
 
     def tasks(self, job_id: str) -> list[psutil.Process]:
-        """The job's tasks: the processes srun launched (children of `slurmstepd: [J.N]`)."""
+        """The job's tasks: the processes srun launched (children of `slurmstepd: [J.N]`) once
+        they have exec'd their program. Before that a task is a forked `slurmstepd` that SLURM
+        does not yet signal as a task: one paused there never gets scancel's notice."""
         out = []
         for p in psutil.process_iter():
             try:    # the command line first: cheap enough to poll often
                 if not re.match(rf"slurmstepd: \[{job_id}\.\d+\]", " ".join(p.cmdline())) \
                         or environ(p.pid).get("SLURM_CONF") != self.conf:
                     continue
-                out += [c for c in p.children() if c.status() != psutil.STATUS_ZOMBIE]
+                out += [c for c in p.children()
+                        if c.status() != psutil.STATUS_ZOMBIE and c.name() != "slurmstepd"]
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
                 pass
         return out

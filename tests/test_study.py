@@ -50,12 +50,6 @@ def test_difference_and_equivalence_p_are_scipys_one_sample_t_tests(seed):
     assert stats.equivalence_p(d, margin) == pytest.approx(max(lower, upper))
 
 
-def test_paired_differences_are_per_replicate_and_need_equal_replicates():
-    np.testing.assert_allclose(stats.paired([0.8, 0.7], [0.75, 0.72]), [0.05, -0.02])
-    with pytest.raises(ValueError, match="same replicates"):
-        stats.paired([1, 2], [1])
-
-
 def test_holm_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone
     got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})

@@ -69,14 +69,6 @@ def interval(values, confidence: float = CONFIDENCE) -> Interval:
     return Interval(mean, mean - half, mean + half, sd, n)
 
 
-def paired(better, worse) -> np.ndarray:
-    """Per-replicate differences `better - worse` (the paper says `better` wins)."""
-    a, b = np.asarray(better, np.float64), np.asarray(worse, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired arms need the same replicates, got {a.shape} and {b.shape}")
-    return a - b
-
-
 def difference_p(d) -> float:
     """Two-sided p-value of the paired t test of mean(d) = 0 (1 without spread at 0)."""
     d = np.asarray(d, np.float64)
