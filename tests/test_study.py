@@ -50,6 +50,17 @@ def test_difference_and_equivalence_p_are_scipys_one_sample_t_tests(seed):
     assert stats.equivalence_p(d, margin) == pytest.approx(max(lower, upper))
 
 
+def test_effects_are_per_replicate_and_need_equal_replicates():
+    # replicate i of one arm against replicate i of the other: 0.8 - 0.75, 0.7 - 0.72
+    hits = lambda fractions: np.array([[1] * round(100 * f) + [0] * (100 - round(100 * f))
+                                       for f in fractions])
+    np.testing.assert_allclose(stats.effect_of([(1.0, hits([0.8, 0.7]), "t"),
+                                                (-1.0, hits([0.75, 0.72]), "t")]),
+                               [0.05, -0.02], atol=1e-12)
+    with pytest.raises(ValueError, match="same replicates"):
+        stats.effect_of([(1.0, hits([0.8, 0.7]), "t"), (-1.0, hits([0.75]), "t")])
+
+
 def test_holm_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone
     got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})

@@ -128,7 +128,11 @@ def interval_verdict(low: float, high: float, margin: float) -> str:
 
 
 def effect_of(terms) -> np.ndarray:
-    """Per-replicate effect of `terms`: sum of weight x mean over images of hits."""
+    """Per-replicate effect of `terms`: sum of weight x mean over images of hits. The terms
+    are paired by replicate: row i of every term is replicate i."""
+    replicates = {np.shape(h)[0] for _, h, _ in terms}
+    if len(replicates) != 1:
+        raise ValueError(f"paired terms need the same replicates, got counts {replicates}")
     return sum(w * np.asarray(h, np.float64).mean(1) for w, h, _ in terms)
 
 
