@@ -127,12 +127,19 @@ def interval_verdict(low: float, high: float, margin: float) -> str:
     return "inconclusive"
 
 
+def replicate_count(terms) -> int:
+    """The replicates every term holds (rows of its hits): terms are paired by replicate, row
+    i of each being replicate i, so their counts must agree."""
+    counts = {np.shape(h)[0] for _, h, _ in terms}
+    if len(counts) != 1:
+        raise ValueError(f"paired terms need the same replicates, got counts {counts}")
+    return counts.pop()
+
+
 def effect_of(terms) -> np.ndarray:
-    """Per-replicate effect of `terms`: sum of weight x mean over images of hits. The terms
-    are paired by replicate: row i of every term is replicate i."""
-    replicates = {np.shape(h)[0] for _, h, _ in terms}
-    if len(replicates) != 1:
-        raise ValueError(f"paired terms need the same replicates, got counts {replicates}")
+    """Per-replicate effect of `terms`: sum of weight x mean over images of hits (paired by
+    replicate: see replicate_count)."""
+    replicate_count(terms)
     return sum(w * np.asarray(h, np.float64).mean(1) for w, h, _ in terms)
 
 
@@ -148,10 +155,7 @@ def bootstrap(terms, *, draws: int = 2000, seed: int = 0,
         if groups.setdefault(g, shape) != shape:
             raise ValueError(f"bootstrap: group {g!r} holds hits of shapes {groups[g]} and "
                              f"{shape}")
-    replicates = {shape[0] for shape in groups.values()}
-    if len(replicates) != 1:
-        raise ValueError(f"bootstrap: terms have different replicate counts {replicates}")
-    r = replicates.pop()
+    r = replicate_count(terms)
     rng = np.random.default_rng(seed)
     hits = [(w, np.asarray(h, np.float64), g) for w, h, g in terms]
     means = np.empty(draws)
