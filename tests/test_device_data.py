@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import REPO, TINY, StopAt, assert_trees_equal, restore_weights, tiny_config
+from conftest import (REPO, TINY, StopAt, assert_trees_equal, restore_weights, tiny_config,
+                      xla_flags)
 from deep_image import config as config_lib
 from deep_image.data import augment, device_augment, device_cache
 from deep_image.data.synthetic import SynthBirdsSpec, render
@@ -280,7 +281,7 @@ def test_a_run_with_the_device_cache_resumes_on_another_device_count(straight, t
     augmentations would be ~1e-2 away)."""
     reference, _ = straight
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": xla_flags(2)}
     proc = subprocess.run([sys.executable, "-m", "deep_image.train", f"--config={TINY}",
                            f"--workdir={tmp_path}", "--config.data.placement=device",
                            "--config.total_steps=20"], cwd=REPO, env=env, capture_output=True,

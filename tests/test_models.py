@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from deep_image import constants
-from conftest import assert_trees_equal, build_model, init_params
+from conftest import USERS_XLA_OPTIONS, assert_trees_equal, build_model, init_params
 from deep_image.models.vgg import VGG
 
 
@@ -121,13 +121,15 @@ def test_the_initializer_compiled_faster_gives_the_weights_of_xlas_default(varia
     assert options == {"xla_backend_optimization_level": 1}       # on this CPU
     key = jax.random.PRNGKey(3)
     # XLA's own defaults for the reference, whatever the suite sets (conftest.py turns most
-    # optimizations off; the initializer's options override that, as in a user's run); fresh
+    # optimizations off, and XLA's newer fusion emitters: USERS_XLA_OPTIONS turns them back on;
+    # the initializer's options override the first, as in a user's run); fresh
     # functions, so nothing compiled before comes back from JAX's in-memory caches
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
     try:
-        default = jax.jit(lambda k: model.init(k))(key)
-        fast = jax.jit(lambda k: model.init(k), compiler_options=options)(key)
+        default = jax.jit(lambda k: model.init(k), compiler_options=USERS_XLA_OPTIONS)(key)
+        fast = jax.jit(lambda k: model.init(k),
+                       compiler_options={**options, **USERS_XLA_OPTIONS})(key)
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
     assert_trees_equal(fast, default)

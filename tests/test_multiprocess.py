@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import (REPO, TINY, HeldPort, assert_trees_equal, checkpoint_steps, logged_step,
-                      losses, read_state_on_one_device)
+                      losses, read_state_on_one_device, xla_flags)
 from deep_image.parallel.layout import Layout, param_key
 from deep_image.training.checkpoint import Checkpointer
 
@@ -24,11 +24,12 @@ STEPS = 10
 
 
 def _env(devices, **extra):
-    """XLA's default optimizations (not the suite's, conftest.py): the float tolerances below
-    were measured with them, and one process against two sums in another order over ten steps
-    (with them off, the resume below differed by 5.2e-5 where they give 3e-6)."""
+    """XLA's default optimization level (not the suite's JAX_DISABLE_MOST_OPTIMIZATIONS,
+    conftest.py; its XLA_FLAGS are kept): the float tolerances below were measured at that
+    level, and one process against two sums in another order over ten steps (with most
+    optimizations off, the resume below differed by 5.2e-5 where XLA's level gives 3e-6)."""
     return {**os.environ, "JAX_PLATFORMS": "cpu", "DEVICES_PER_PROCESS": str(devices),
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "XLA_FLAGS": xla_flags(devices),
             "JAX_DISABLE_MOST_OPTIMIZATIONS": "0", **extra}
 
 

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, losses, records
+from conftest import REPO, TINY, losses, records, xla_flags
 
 ONE = {**os.environ, "JAX_PLATFORMS": "cpu"}
-FOUR = {**ONE, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+FOUR = {**ONE, "XLA_FLAGS": xla_flags(4)}
 STEPS = ["--config.total_steps=20", "--config.eval_every_steps=20"]
 MODES = {"data": ["--config.parallelism=data"],
          "model_data": ["--config.parallelism=model_data"],
