@@ -53,10 +53,11 @@ USERS_XLA_OPTIONS = {"xla_cpu_use_fusion_emitters": True} if SUITE_XLA_FLAGS els
 
 def xla_flags(devices: int, *, suite: bool = True) -> str:
     """XLA_FLAGS for a subprocess with `devices` simulated CPU devices: the suite's flags kept,
-    or, with suite=False, taken out (XLA's own emitters, as a user's run compiles)."""
+    or, with suite=False, undone by name (XLA's own emitters, as a user's run compiles; named,
+    so that a child importing this module does not add them back)."""
     flags = os.environ.get("XLA_FLAGS", "").split()
-    if not suite:
-        flags = [f for f in flags if f != SUITE_XLA_FLAGS]
+    if not suite and SUITE_XLA_FLAGS:
+        flags = [f for f in flags if f != SUITE_XLA_FLAGS] + ["--xla_cpu_use_fusion_emitters=true"]
     return " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest_plugins = ["slurm_cluster"]     # the `slurm` fixture: a one-node SLURM on localhost
