@@ -28,8 +28,9 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 def _suite_xla_flags() -> str:
     """XLA:CPU's elemental fusion emitters in place of its newer MLIR ones
     (`--xla_cpu_use_fusion_emitters=false`): half the compile time of the suite's programs
-    (2026-12-02, one 8-device equivalence run, `tests/butterfly_equivalence.py data 8 1 --bf16
-    --accumulate=2`, no cache: XLA's compiles 15.0 s -> 7.5 s). The initial weights are
+    (2026-12-02, one 8-device equivalence run, no cache: XLA's compiles 12.44 s -> 5.74 s,
+    `python docs/test_speed/compile_time.py`; a fresh-clone suite 1,024.4 s -> 866.9 s, with
+    test_parallel.py at XLA's own emitters, which it keeps). The initial weights are
     bitwise those of a user's run either way (checked for VGG-11 and ResNet-18); the training
     programs compare against programs compiled alike, or numpy to float tolerance. Only on the
     jaxlib series it was measured on: XLA aborts on a flag it does not know."""
@@ -59,6 +60,8 @@ def xla_flags(devices: int, *, suite: bool = True) -> str:
     if not suite and SUITE_XLA_FLAGS:
         flags = [f for f in flags if f != SUITE_XLA_FLAGS] + ["--xla_cpu_use_fusion_emitters=true"]
     return " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest_plugins = ["slurm_cluster"]     # the `slurm` fixture: a one-node SLURM on localhost
 TINY = f"{REPO}/experiments/synthetic.py:tiny"
