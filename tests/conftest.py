@@ -30,8 +30,8 @@ def _suite_xla_flags() -> str:
     (`--xla_cpu_use_fusion_emitters=false`): half the compile time of the suite's programs
     (2026-12-02, one 8-device equivalence run, no cache: XLA's compiles 12.44 s -> 5.74 s,
     `python docs/test_speed/compile_time.py`; a fresh-clone suite 1,024.4 s -> 866.9 s, with
-    test_parallel.py at XLA's own emitters; it now keeps them for one mode only). The initial weights are
-    bitwise those of a user's run either way (checked for VGG-11 and ResNet-18); the training
+    test_parallel.py at XLA's own emitters; it now keeps them for one mode only). The
+    initial weights are bitwise those of a user's run either way (checked for VGG-11 and ResNet-18); the training
     programs compare against programs compiled alike, or numpy to float tolerance. Only on the
     jaxlib series it was measured on: XLA aborts on a flag it does not know."""
     from importlib.metadata import PackageNotFoundError, version
