@@ -17,8 +17,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA without LLVM's optimizations (JAX's `jax_disable_most_optimizations`, as Flax's own tests
 # of long-compiling models use it): the suite's tiny programs spend more time compiling than
 # running. Subprocesses inherit it; comparisons are between programs compiled alike, or against
-# numpy to float tolerance. Two places keep XLA's defaults: test_multiprocess.py (its float
-# tolerances were measured there) and the initializer's bitwise test (test_models.py).
+# numpy to float tolerance. One place keeps XLA's defaults: the initializer's bitwise test
+# (test_models.py).
 # One test at a time, fresh caches (2026-12-02,
 # `bash docs/test_speed/ab.sh`, docs/test_speed/ab.txt): test_parallel[data] 103.3 -> 81.4 s,
 # test_experiments[cub_resnet50_448] 172.6 -> 141.5 s, a device-cache resume 61.1 -> 62.1 s.
