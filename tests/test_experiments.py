@@ -1,6 +1,6 @@
 """Every benchmark config of experiments/ trains two steps and evaluates with its own test
 protocol on mock data of the right structure at a tiny width, so a wiring mistake in any config
-fails CI. Fine-tuning configs start from tiny pre-trained runs of their variant."""
+fails CI. Fine-tuning configs start from a tiny checkpoint of their variant."""
 
 import glob
 import importlib.util
@@ -11,10 +11,11 @@ import numpy as np
 
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, build_model
 from deep_image import config as config_lib
 from deep_image.data import sources
 from deep_image.evaluation.evaluator import Evaluator, Protocol
+from deep_image.tools.import_weights import write_checkpoint
 from deep_image.training import loop
 from deep_image.training.checkpoint import Trained
 from test_sources import _fgvc, _indoor
@@ -55,13 +56,20 @@ def _tiny(c, *, keep_dtype=False, **extra):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
+    """A checkpoint of each variant the fine-tuning configs start from, at the tests' width and
+    crop, written as `tools/import_weights` writes imported weights (freshly initialized: what
+    fine-tuning reads of it is shapes, values and class names; fine-tuning from a trained run
+    is test_finetune.py's and test_resnet.py's). Writing them, not training them, took this
+    fixture from 40 s to a few (2026-12-03)."""
+    import jax
     runs = {}
-    for variant in ("vgg16", "vgg19", "resnet50"):
-        wd = tmp_path_factory.mktemp(f"pre_{variant}")
-        c = _tiny(tiny_config(model__variant=variant,
-                              model__name="resnet" if variant.startswith("resnet") else "vgg"))
-        loop.train_and_evaluate(c, str(wd))
-        runs[variant] = str(wd)
+    for i, variant in enumerate(("vgg16", "vgg19", "resnet50")):
+        wd = str(tmp_path_factory.mktemp(f"pre_{variant}"))
+        model = build_model(variant, 10, width=WIDTH, input_size=32)
+        params, stats = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(i)))
+        write_checkpoint(wd, params, {"width": WIDTH, "input_size": 32}, variant,
+                         [f"class {k}" for k in range(10)], stats)
+        runs[variant] = wd
     return runs
 
 
