@@ -5,7 +5,7 @@ statistics left bit-identical. ResNet has one FC layer, its classifier, so finet
 finetune=last train the same layer (VGG is where they differ: tests/test_finetune.py).
 ResNet-18, not 50: half the compile time (this module alone, one after the other, 2026-12-03:
 107.6 s with ResNet-50, 57.1 s with ResNet-18); ResNet-50's bottleneck blocks train and
-evaluate in test_experiments.py (its fine-tuning fixture and cub_resnet50_448)."""
+evaluate in test_experiments.py (cub_resnet50_448, in bfloat16) and test_models.py."""
 
 import json
 import os
