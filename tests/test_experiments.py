@@ -16,7 +16,7 @@ from deep_image import config as config_lib
 from deep_image.data import sources
 from deep_image.evaluation.evaluator import Evaluator, Protocol
 from deep_image.training import loop
-from deep_image.training.checkpoint import Checkpointer, Trained, checkpoint_dir
+from deep_image.training.checkpoint import Trained, write_weights
 from test_sources import _fgvc, _indoor
 
 WIDTH = 1 / 32
@@ -57,22 +57,16 @@ def _tiny(c, *, keep_dtype=False, **extra):
 def pretrained(tmp_path_factory):
     """A checkpoint of each variant the fine-tuning configs start from, at the tests' width and
     crop, freshly initialized and written as `tools/import_weights` writes imported weights
-    (step 0: params, statistics, class names; what fine-tuning reads of it is shapes, values
-    and class names; fine-tuning from a trained run is test_finetune.py's and
-    test_resnet.py's). Writing them, not training them, took this fixture from 40 s to a few
-    (2026-12-03). (Not through import_weights itself: importing it defines its absl flags,
-    which bench.scaling, imported by other modules of the same worker, defines too.)"""
+    (checkpoint.write_weights: what fine-tuning reads of it is shapes, values and class
+    names; fine-tuning from a trained run is test_finetune.py's and test_resnet.py's).
+    Writing them, not training them, took this fixture from 40 s to a few (2026-12-03)."""
     import jax
     runs = {}
     for i, variant in enumerate(("vgg16", "vgg19", "resnet50")):
         wd = str(tmp_path_factory.mktemp(f"pre_{variant}"))
         model = build_model(variant, 10, width=WIDTH, input_size=32)
         params, stats = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(i)))
-        ckpt = Checkpointer(checkpoint_dir(wd), async_save=False)
-        ckpt.save(0, {"params": params, "stats": stats},
-                  meta={"class_names": [f"class {k}" for k in range(10)], "num_classes": 10},
-                  wait=True)
-        ckpt.close()
+        write_weights(wd, params, stats, [f"class {k}" for k in range(10)])
         runs[variant] = wd
     return runs
 

@@ -132,9 +132,11 @@ def load_state_dict(path: str) -> dict:
 
 def write_checkpoint(out_dir: str, params: dict, facts: dict, variant: str,
                      class_names: list[str], stats: dict | None = None) -> None:
-    from deep_image.training.checkpoint import Checkpointer, checkpoint_dir
+    from deep_image.training.checkpoint import Checkpointer, checkpoint_dir, write_weights
     ckpt = Checkpointer(checkpoint_dir(out_dir), async_save=False)
-    if ckpt.latest_step() is not None:
+    held = ckpt.latest_step() is not None
+    ckpt.close()
+    if held:
         raise WeightImportError(f"{out_dir} already holds a checkpoint; choose a new OUT_DIR")
     c = config_lib.base()
     c.model.name = "resnet" if variant.startswith("resnet") else "vgg"
@@ -144,10 +146,7 @@ def write_checkpoint(out_dir: str, params: dict, facts: dict, variant: str,
     c.data.crop = facts["input_size"]
     c.data.scale = max(c.data.crop, constants.TRAIN_SCALES[0])
     c.data.resize = "shorter_side"     # torchvision: shorter side 256, centre crop 224
-    ckpt.save(0, {"params": params, "stats": stats or {}}, meta={"class_names": class_names,
-                                           "num_classes": len(class_names),
-                                           "imported_from": "torchvision"}, wait=True)
-    ckpt.close()
+    write_weights(out_dir, params, stats or {}, class_names, imported_from="torchvision")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         f.write(c.to_json(indent=2))
 

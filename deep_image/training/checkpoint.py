@@ -183,6 +183,18 @@ class Checkpointer:
         self._mgr.close()
 
 
+def write_weights(workdir: str, params: dict, stats: dict, class_names: list[str],
+                  **meta) -> None:
+    """Weights that were not trained here (imported, or freshly initialized) as step 0 of a
+    checkpoint under WORKDIR, the form `config.init_from` reads: params, BatchNorm statistics
+    (empty for VGG) and class names, with `meta` beside them."""
+    ckpt = Checkpointer(checkpoint_dir(workdir), async_save=False)
+    ckpt.save(0, {"params": params, "stats": stats},
+              meta={"class_names": class_names, "num_classes": len(class_names), **meta},
+              wait=True)
+    ckpt.close()
+
+
 class Trained:
     """A trained model read back from a workdir: config, model, params, stats (BatchNorm's),
     class names, step."""
