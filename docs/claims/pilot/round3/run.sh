@@ -10,23 +10,7 @@ cd "$(dirname "$0")/../../../.."
 work=${1:-/tmp/pilot3}
 out=docs/claims/pilot/round3
 mkdir -p "$work"
-run() {       # NAME ARG [OVERRIDES...]
-  local name=$1 arg=$2; shift 2
-  if [ -f "$work/$name/DONE" ]; then return; fi
-  local t0=$SECONDS
-  python -m deep_image.train --config="experiments/claims.py:$arg" --workdir="$work/$name" "$@" \
-    > "$work/$name.log" 2>&1
-  python - "$work/$name" "$name" "$((SECONDS - t0))" "$arg" "$*" >> "$out/summary.jsonl" <<'PY'
-import json, sys
-from deep_image.study.runs import curve
-workdir, name, seconds, arg, overrides = sys.argv[1:]
-c = curve([json.loads(line) for line in open(f"{workdir}/metrics.jsonl")])
-print(json.dumps({"name": name, "arg": arg, "overrides": overrides, "seconds": int(seconds),
-                  "val_top1": c["val_top1"][-1], "curve": c}))
-PY
-  touch "$work/$name/DONE"
-  tail -1 "$out/summary.jsonl"
-}
+source docs/claims/pilot/pilot_run.sh
 run pretrain_p102 stage=pretrain,seed=102,budget=full
 for n in 480 1920 3200; do
   run "all6_p102_f100_n$n" stage=finetune,aug=all6,seed=100,budget=full \
