@@ -34,3 +34,10 @@ run all6_p102s8000_f100_n1920_s1800 "$ft" --config.init_from="$work/pretrain_p10
 # 6. round 3's best setting at 96-pixel crops, from the study's pre-training
 run all6_p102_f100_n1920_s1800_c96 "$ft" --config.init_from="$work/pretrain_p102" \
   --config.data.synthetic.train_size=1920 "${s1800[@]}" "${c96[@]}"
+# second step, added after seeing runs 1-6 (no run that reached 80% fitted the 2-hour
+# study): the two levers together at the study's 600 steps, the settings whose study would fit
+# 7. longer pre-training and 96-pixel crops, the study's 480 images
+run all6_p102s8000_f100_n480_c96 "$ft" --config.init_from="$work/pretrain_p102_s8000" "${c96[@]}"
+# 8. the study's pre-training, 96-pixel crops and 1,920 images
+run all6_p102_f100_n1920_c96 "$ft" --config.init_from="$work/pretrain_p102" \
+  --config.data.synthetic.train_size=1920 "${c96[@]}"
