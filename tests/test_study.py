@@ -361,26 +361,29 @@ def _lookup(records):
 def test_the_health_gate_replaces_a_failed_model_by_the_next_seed_of_the_list():
     seeds = design.SEEDS["full"]
     gate = seeds.gate
+    a, b, c = seeds.pretrain[:3]          # the list's first three candidates, in order
+    f0, f2 = seeds.finetune[0], seeds.finetune[2]
     below, above = {"val/top1": gate - 0.01}, {"val/top1": gate}
     # nothing trained: the first two candidates, no fine-tuning yet
     runs = {r.name for r in design.plan("full", ["all6"], _lookup({}))}
-    assert runs == {"pretrain_p10", "pretrain_p11"}
-    # p10 fails, p11 passes: p12 comes in, fine-tuning starts on p11 only
-    records = {"pretrain_p10": below, "pretrain_p11": above}
+    assert runs == {f"pretrain_p{a}", f"pretrain_p{b}"}
+    # the first fails, the second passes: the third comes in, fine-tuning starts on the second
+    records = {f"pretrain_p{a}": below, f"pretrain_p{b}": above}
     used, log, waiting = design.gate_log(seeds, _lookup(records))
-    assert used == [11] and waiting == 1
+    assert used == [b] and waiting == 1
     assert [g["status"] for g in log] == ["failed: replaced by the next seed", "passed",
                                           "not yet trained"]
     runs = {r.name: r for r in design.plan("full", ["all6", "scratch"], _lookup(records))}
-    assert set(runs) == ({"pretrain_p11", "pretrain_p12"}
-                         | {f"all6_p11_f{f}" for f in seeds.finetune}
+    assert set(runs) == ({f"pretrain_p{b}", f"pretrain_p{c}"}
+                         | {f"all6_p{b}_f{f}" for f in seeds.finetune}
                          | {f"scratch_f{f}" for f in seeds.finetune})
-    assert runs["all6_p11_f22"].init == "pretrain_p11" and "seed=22" in runs["all6_p11_f22"].arg
-    assert runs["scratch_f20"].init == "" and "stage=scratch" in runs["scratch_f20"].arg
-    # p12 passes: two models, 10 replicates, and nothing more is trained
-    records["pretrain_p12"] = above
+    ft = runs[f"all6_p{b}_f{f2}"]
+    assert ft.init == f"pretrain_p{b}" and f"seed={f2}" in ft.arg
+    assert runs[f"scratch_f{f0}"].init == "" and "stage=scratch" in runs[f"scratch_f{f0}"].arg
+    # the third passes: two models, 10 replicates, and nothing more is trained
+    records[f"pretrain_p{c}"] = above
     used, _, waiting = design.gate_log(seeds, _lookup(records))
-    assert used == [11, 12] and waiting == 0
+    assert used == [b, c] and waiting == 0
     assert len([r for r in design.plan("full", ["all6"], _lookup(records))
                 if r.init]) == seeds.replicates == 10
 
@@ -391,7 +394,8 @@ def test_seed_lists_share_no_seed():
         for b in lists[i + 1:]:
             assert not a & b
     assert not (set(design.SEEDS["full"].pretrain) | set(design.SEEDS["full"].finetune)) & {
-        0, 1, 2, 98, 99}     # the previous study's and pilots' seeds
+        0, 1, 2, 98, 99, *range(10, 16), *range(20, 25), 102}   # earlier studies' and pilots'
+
     quick = design.SEEDS["quick"]      # the first quick schedule spent 30-33 and 40-42
     assert not (set(quick.pretrain) | set(quick.finetune)) & {30, 31, 32, 33, 40, 41, 42}
 

@@ -5,7 +5,7 @@ Arms (deep_image/study/design.py; all but scratch fine-tune the species-C model 
 species-A set, 480 images):
   cropflip   all layers, crop + flip only
   all6       all layers, the six augmentations (the reference arm)
-  all6_low   as all6, every image taken at half the resolution (36 px, shown at 72)
+  all6_low   as all6, every image taken at half the resolution (54 px, shown at 108)
   last       the classifier only (all six)
   scratch    the all6 run from random weights
 
@@ -181,7 +181,8 @@ def _f(r: Results) -> list[Comparison]:
                   acc["scratch"], "test")]
 
 
-COMMON = ("SynthBirds at 64-pixel crops on a CPU, not the paper's datasets or resolutions; "
+COMMON = ("SynthBirds at 96-pixel crops (pre-training at 64) on a CPU, not the paper's "
+          "datasets or resolutions; "
           "ResNet-18 at width 1/4 with BatchNorm, not the paper's VGG; fixed step schedules "
           "with the paper's division by ten, not its plateau rule.")
 
@@ -189,11 +190,11 @@ CLAIMS = {c.key: c for c in [
     Claim("a", "Aggressive augmentation curbs overfitting when training data are scarce",
           "§4.1, Figures 4-5",
           "In this work, we show how aggressive data augmentation can prevent overfitting.",
-          "Fine-tune all layers on 480 images (30 per class) with crop + flip vs all six "
+          "Fine-tune all layers on 1,920 images (120 per class) with crop + flip vs all six "
           "augmentations, equal steps and schedule; the train - test gap (training images "
           "unaugmented, centre crop) of each arm.",
           (COMMON, "The paper shows overfitting curves on ImageNet-scale data (Figures 4-5); "
-           "here overfitting is the final train - test gap on a 480-image target."),
+           "here overfitting is the final train - test gap on a 1,920-image target."),
           "gap(crop+flip) - gap(all six)", 0.02, ("cropflip", "all6"), _a),
     Claim("b", "Augmentation makes the model robust to real-world capture conditions",
           "§5.5, Figure 9",
@@ -208,9 +209,9 @@ CLAIMS = {c.key: c for c in [
     Claim("c", "Higher-resolution training helps most for small objects", "§4.2, Figures 6-7",
           "We also notice that multi-scale training with high-resolution images works better "
           "than single-scale training, especially for recognizing small objects.",
-          "Fine-tune on images as rendered (72 px of detail, the 'high' arm: all6) vs the same "
-          "images taken at half the resolution (36 px, upsampled to 72: all6_low); both crop "
-          "64 of 72, the same fraction, with the same net; each arm is tested at its own "
+          "Fine-tune on images as rendered (108 px of detail, the 'high' arm: all6) vs the same "
+          "images taken at half the resolution (54 px, upsampled to 108: all6_low); both crop "
+          "96 of 108, the same fraction, with the same net; each arm is tested at its own "
           "resolution (centre crop). Primary: the interaction, the gain of high over low on "
           "the smallest third of test birds minus the gain on the largest third.",
           (COMMON, "The paper trains at 256 and 512 with 224 crops (a crop of 77% vs 19% of "
@@ -235,17 +236,17 @@ CLAIMS = {c.key: c for c in [
     Claim("e", "Dense multi-scale + flip testing beats a single centre crop", "§5.1",
           "We also tested single images at multiple scales and combined the results ... The "
           "horizontal flipping of the images are also tested and combined.",
-          "The all-six models tested with one centre crop vs the whole image at scales 72, 96 "
-          "and 128, flipped and not (the fully convolutional net; the crop, 64, is a multiple "
+          "The all-six models tested with one centre crop vs the whole image at scales 108, 144 "
+          "and 192, flipped and not (the fully convolutional net; the crop, 96, is a multiple "
           "of 32). Secondary: the same on every other full-network model of the study.",
-          (COMMON, "The paper's test scales are 256-512 on its datasets; here 72-128."),
+          (COMMON, "The paper's test scales are 256-512 on its datasets; here 108-192."),
           "dense multi-scale + flip - centre crop", 0.02, ("all6",) + FULL_NETWORK_ARMS[1:], _e),
     Claim("f", "Fine-tuning all layers beats fine-tuning the last layer", "§5.2",
           "Our single model with multiscale testing achieves a state-of-the-art result with "
           "98.73% accuracy. In fact, by treating the model as the feature extractor "
           "out-of-shelf and only fine-tuning the last softmax layer, we can achieve accuracy "
           "of 96.1%.",
-          "On the 480-image target: fine-tuning all layers vs the classifier only, from the "
+          "On the 1,920-image target: fine-tuning all layers vs the classifier only, from the "
           "same pre-trained model, seed, steps and schedule (centre-crop test top-1). "
           "Secondary: both against training from scratch.",
           (COMMON, "The paper's figures are on Oxford Flowers with multi-scale testing; here "
