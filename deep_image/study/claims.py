@@ -2,7 +2,7 @@
 (§4.1, §4.2, §5.1, §5.2, §5.5), judged by the pre-registered rule of stats.RULE.
 
 Arms (deep_image/study/design.py; all but scratch fine-tune the species-C model on the scarce
-species-A set, 480 images):
+species-A set, 1,920 images):
   cropflip   all layers, crop + flip only
   all6       all layers, the six augmentations (the reference arm)
   all6_low   as all6, every image taken at half the resolution (54 px, shown at 108)
