@@ -47,7 +47,7 @@ ARG, comma separated:
 from deep_image import config as config_lib
 
 # Steps, fixed divisions (§5.1's factor of ten), warm-up, evaluation cadence per budget.
-# Fine-tuning: 480 images are 15 steps of 32.
+# Fine-tuning: 1,920 images are 60 steps of 32.
 BUDGETS = {
     "full": {"pretrain_steps": 4000, "pretrain_decays": (3000, 3600), "pretrain_warmup": 200,
              "pretrain_eval": 250, "finetune_steps": 600, "finetune_decays": (400, 520),
@@ -110,7 +110,7 @@ def get_config(arg: str | None = None):
         c.schedule.decay_steps = budget["pretrain_decays"]
         c.schedule.warmup_steps = budget["pretrain_warmup"]
         c.eval_every_steps = c.checkpoint_every_steps = budget["pretrain_eval"]
-    else:                             # the scarce target: species A, 30 images per class
+    else:                             # the scarce target: species A, 120 images per class
         s.species = "A"
         s.train_size, s.val_size = (48, 32) if toy else (TARGET_IMAGES, 800)
         s.test_size = budget["test_size"]
