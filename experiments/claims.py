@@ -53,7 +53,7 @@ BUDGETS = {
              "pretrain_eval": 250, "finetune_steps": 600, "finetune_decays": (400, 520),
              "finetune_eval": 60, "test_size": 2000},
     # quick: 2,500 pre-training steps (1,500 ended at 58.4% and 54.7%, below the gate, with
-    # seeds 30-31: docs/claims/quick/README.md; the full runs pass 70% at step 2,500)
+    # seeds 30-31: docs/claims/study_64px/quick/README.md; the full runs pass 70% at step 2,500)
     "quick": {"pretrain_steps": 2500, "pretrain_decays": (1900, 2250), "pretrain_warmup": 100,
               "pretrain_eval": 250, "finetune_steps": 300, "finetune_decays": (200, 260),
               "finetune_eval": 60, "test_size": 1000},

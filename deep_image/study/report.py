@@ -29,7 +29,7 @@ CHANGES_AFTER_RESULTS: list[str] = [
     "top-1 0.46 and 0.20: still learning when its rate was to be divided).",
     "Quick study only (after the full study had finished): its first schedule, 1,500 "
     "pre-training steps, ended below the health gate on seeds 30 and 31 (validation top-1 "
-    "0.584 and 0.547; docs/claims/quick/README.md). The quick study now pre-trains 2,500 steps "
+    "0.584 and 0.547; docs/claims/study_64px/quick/README.md). The quick study now pre-trains 2,500 steps "
     "(/10 at 1,900 and 2,250) on fresh seeds (34-37, fine-tuning 43-44: two, to fit its 20 "
     "minutes). The full study's design is unchanged.",
     "After the 64-pixel study had finished (docs/claims/study_64px: its fine-tuned nets at "
@@ -41,7 +41,11 @@ CHANGES_AFTER_RESULTS: list[str] = [
     "times 3/2). Chosen by round 4's rule, written before its runs: the cheapest recipe "
     "reaching 80% validation top-1 whose study fits 2 hours (83.3% on the pilot seed). Fresh "
     "seeds (pre-training 50-55, fine-tuning 60-64); the rule, margins, arms and gate are "
-    "unchanged. The quick study was not rerun at this recipe.",
+    "unchanged.",
+    "Quick study only (after the 96-pixel study had finished): rerun at the 96-pixel recipe "
+    "on fresh seeds (pre-training 70-73, fine-tuning 80-81; its 64-pixel runs, seeds 34 and "
+    "43-44, are in docs/claims/study_64px/quick), its budget unchanged (2,500 pre-training "
+    "and 300 fine-tuning steps).",
 ]
 
 SAYS = (
