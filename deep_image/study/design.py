@@ -56,7 +56,7 @@ SEEDS = {
                   pretrains=2),
     # quick: seeds 30-33 / 40-42 were spent on its 1,500-step schedule and 34-37 / 43-44 on
     # its 2,500-step one at the 64-pixel recipe (docs/claims/study_64px/quick); at the
-    # 96-pixel recipe it starts on fresh seeds, two fine-tuning seeds to fit 20 minutes
+    # 96-pixel recipe it starts on fresh seeds (22.8 min, over its 20: docs/claims/quick)
     "quick": Seeds(pretrain=(70, 71, 72, 73), finetune=(80, 81), pretrains=1),
     "pilot": Seeds(pretrain=(100, 101, 102), finetune=(100,), pretrains=2),
     "toy": Seeds(pretrain=(0, 1, 2), finetune=(0,), pretrains=2, gate=0.0),  # 12 steps
