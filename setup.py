@@ -30,6 +30,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     # torch only for the weight-import test and bench (a CPU build on the CI machine image);
     # pytest-xdist runs the suite on two workers (pytest.ini), pytest-timeout fails a hang.
+    # ml_dtypes (JAX's bfloat16 and float8 types; jax 0.10 admits >=0.5) below 0.7: 0.7.0's
+    # extension takes 1.3 s to load, in every process the suite starts (2026-12-04, `python
+    # -X importtime -c "import deep_image.train"`: 2.26 s with 0.7.0, 1.01 s with 0.6.0).
     extras_require={"test": ["pytest>=9.0,<10", "pytest-timeout>=2.4,<3",
-                             "pytest-xdist>=3.8,<4", "torch==2.13.0"]},
+                             "pytest-xdist>=3.8,<4", "torch==2.13.0", "ml_dtypes>=0.6,<0.7"]},
 )

@@ -80,6 +80,31 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable otherwise
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With DEEP_IMAGE_TEST_CPU=FILE, appends each test's wall and CPU seconds (this process
+    and the subprocesses it waited for; module fixtures count to the first test using them) to
+    FILE as JSON lines: where the suite's CPU goes (docs/test_speed)."""
+    out = os.environ.get("DEEP_IMAGE_TEST_CPU")
+    if not out:
+        yield
+        return
+    import json
+    import resource
+    import time
+
+    def cpu():
+        s, c = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
+    t0, (s0, c0) = time.time(), cpu()
+    yield
+    t1, (s1, c1) = time.time(), cpu()
+    with open(out, "a") as f:
+        f.write(json.dumps({"test": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+                            "start": t0, "wall": t1 - t0, "cpu_self": s1 - s0,
+                            "cpu_children": c1 - c0}) + "\n")
+
+
 def run_train(workdir, *overrides, config=TINY, timeout=300, **popen):
     """Runs `python -m deep_image.train` as a user would; returns the CompletedProcess."""
     cmd = [sys.executable, "-m", "deep_image.train", f"--config={config}",
