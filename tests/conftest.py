@@ -65,14 +65,16 @@ def xla_flags(devices: int, *, suite: bool = True) -> str:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest_plugins = ["slurm_cluster"]     # the `slurm` fixture: a one-node SLURM on localhost
 TINY = f"{REPO}/experiments/synthetic.py:tiny"
-# The four modules that take longest run first (a fresh-clone run, 2026-12-01: experiments
+# The modules that take longest run first (a fresh-clone run, 2026-12-01: experiments
 # 523 s of one worker, parallel 521, multiprocess 508, slurm 281): pytest-xdist hands each
 # worker its next module when it has fewer than two queued, so long ones started last leave the
 # other worker idle at the end (pytest.ini turns off xdist's own order, by number of tests,
 # which put the SLURM module, 4 tests, last). In this order the two modules of two-process runs
 # go to one worker, one after the other.
+# The study module (163 s) fifth: started 14th, it ended one worker 125 s after the other
+# (2026-12-04, DEEP_IMAGE_TEST_CPU's record: docs/test_speed/cpu_2026-12-04.jsonl).
 LONGEST_FIRST = ("test_slurm.py", "test_experiments.py", "test_multiprocess.py",
-                 "test_parallel.py")
+                 "test_parallel.py", "test_study.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
