@@ -65,7 +65,8 @@ def test_dropout_only_in_training_and_deterministic_given_key():
 
 def test_he_initialization_scale():
     # full width (conv3_1 as the paper's), at a 32-pixel input: FC1 takes 512 features, not
-    # 25,088 (the whole net's 138M weights, initialized op by op, took ~20 s of CPU)
+    # 25,088 (the whole net's 138M weights, initialized op by op and asynchronously, cost this
+    # test and the next one 20.8 s, against 9.1 s so: 2026-12-04, the two alone, -n 0)
     params = init_params(build_model("vgg16", 10, width=1.0, input_size=32))
     k = np.asarray(params["conv3_1"]["kernel"])          # fan-in 3*3*128
     assert abs(k.std() - np.sqrt(2 / (9 * 128))) < 0.05 * np.sqrt(2 / (9 * 128))
