@@ -77,42 +77,6 @@ LONGEST_FIRST = ("test_slurm.py", "test_experiments.py", "test_multiprocess.py",
                  "test_parallel.py", "test_study.py")
 
 
-# Modules that mostly wait (on SLURM's scheduler: a 120 s hold, a 30 s time limit, jobs whose
-# CPU is slurmd's) get a worker of their own, the last one, when pytest.ini starts three: the
-# two others keep both cores busy with the rest meanwhile, and never take a waiting module.
-WAITING = ("test_slurm.py",)
-
-
-def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "loadscope":
-        return None                                # another --dist: xdist's own
-    from xdist.scheduler import LoadScopeScheduling
-
-    class WaitingApart(LoadScopeScheduling):
-        """--dist loadscope, with WAITING's modules on the last worker alone (from three
-        workers on; with fewer, loadscope as it is)."""
-
-        def _waiting(self, node) -> bool:
-            nodes = sorted(self.assigned_work, key=lambda n: int(n.gateway.id[2:]))
-            return len(nodes) >= 3 and node is nodes[-1]
-
-        def _assign_work_unit(self, node):
-            waiting = self._waiting(node)
-            for scope in self.workqueue:
-                if (os.path.basename(scope.split("::")[0]) in WAITING) == waiting:
-                    break
-            else:        # nothing this worker may take: it ends once its own tests have run
-                node.shutdown()
-                return
-            work_unit = self.workqueue.pop(scope)
-            self.assigned_work.setdefault(node, {})[scope] = work_unit
-            collection = self.registered_collections[node]
-            node.send_runtest_some([collection.index(nodeid)
-                                    for nodeid, done in work_unit.items() if not done])
-
-    return WaitingApart(config, log)
-
-
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable otherwise
