@@ -146,7 +146,7 @@ def test_metrics_on_an_unbalanced_set_by_hand():
         [0, 5, 4, 3, 2, 1],     # class 0 at rank 1: top-1 hit
         [2, 3, 4, 5, 0, 1],     # class 1 at rank 6: miss
         [1, 0, 2, 3, 4, 5],     # class 1 at rank 1: top-1 hit
-        [5, 4, 3, 2, 0, 1],     # class 2 at rank 4: top-5 hit only
+        [5, 4, 3, 1, 2, 0],     # class 2 at rank 5: top-5 hit only (not a top-4 hit)
     ]
     probs = np.zeros((7, 6))
     for i, order in enumerate(ranks):
@@ -160,6 +160,21 @@ def test_metrics_on_an_unbalanced_set_by_hand():
     assert values["eval/examples"] == 7
     nll = -np.log(probs[np.arange(7), labels]).mean()
     assert values["eval/loss"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_padding_rows_count_nothing():
+    """An evaluation batch padded to its size (mask 0: evaluator.py's padded batches): the
+    padding rows, whatever their posteriors and labels, add nothing to any sum; the 3 real
+    rows give the counts by hand."""
+    import jax.numpy as jnp
+    probs = np.full((5, 4), 0.1, np.float32)
+    probs[[0, 1, 2, 3, 4], [0, 1, 3, 2, 2]] = 0.7        # row i's argmax; rows 3-4 padding
+    labels = np.array([0, 1, 2, 2, 2])                   # real: hit, hit, miss
+    mask = np.array([True, True, True, False, False])
+    sums = metrics.class_sums(jnp.asarray(probs), jnp.asarray(labels), jnp.asarray(mask))
+    np.testing.assert_array_equal(sums["count"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(sums["top1"], [1, 1, 0, 0])
+    assert float(sums["loss"]) == pytest.approx(-2 * np.log(0.7) - np.log(0.1), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- commands
