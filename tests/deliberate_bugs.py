@@ -169,6 +169,81 @@ BUGS = (
         "deep_image/study/design.py", 'return record["val/top1"] >= gate', "return True",
         ("tests/test_study.py::test_the_health_gate_replaces_a_failed_model_by_the_next_seed_of"
          "_the_list",)),
+    Bug("data order", "every process reads the same rows of each global batch (its offset dropped)",
+        "deep_image/data/pipeline.py",
+        "lambda i: stream[(i // local_batch) * g + process_index * local_batch + i % local_batch]",
+        "lambda i: stream[(i // local_batch) * g + i % local_batch]",
+        ("tests/test_pipeline.py::test_each_process_reads_its_own_slice_of_every_epoch",)),
+    Bug("data order", "a stream started at a step restarts from the first batch (start_step "
+        "ignored)", "deep_image/data/pipeline.py",
+        "grain.MapDataset.range(start_step * local_batch, sys.maxsize // g * local_batch)",
+        "grain.MapDataset.range(0, sys.maxsize // g * local_batch)",
+        ("tests/test_pipeline.py::test_a_stream_started_at_a_step_continues_on_another_process"
+         "_count",)),
+    Bug("data order", "the shuffle ignores config.seed (every seed sees one data order)",
+        "deep_image/data/pipeline.py", ".seed(config.seed).shuffle()", ".seed(0).shuffle()",
+        ("tests/test_pipeline.py::test_the_data_order_is_the_seeds",)),
+    Bug("device cache", "replicated cache: every device draws the same rows (its block offset "
+        "dropped)", "deep_image/data/device_cache.py",
+        "        positions = block * rows + offsets      # its rows of the one stream",
+        "        positions = offsets                     # its rows of the one stream",
+        ("tests/test_device_data.py::test_a_run_with_the_device_cache_resumes_on_another_device"
+         "_count",)),
+    Bug("device cache", "the cache's augmentations are drawn alike at every step (step not in "
+        "the key)", "deep_image/data/device_cache.py",
+        "device_augment.example_key(aug, step, r)", "device_augment.example_key(aug, 0, r)",
+        ("tests/test_device_data.py::test_each_step_draws_new_augmentations_for_its_rows",)),
+    Bug("parallel step", "lazy_gather takes a flat block's last elements (the padding at the "
+        "front)", "deep_image/parallel/butterfly.py",
+        "return whole[0, :lf.local_size].reshape(lf.local_shape)",
+        "return whole[0, lf.owners * lf.part - lf.local_size:].reshape(lf.local_shape)",
+        ("tests/test_parallel.py::test_same_loss_and_parameters_as_one_device",)),
+    Bug("preemption", "the first Ctrl-C aborts without saving (the count starts at one)",
+        "deep_image/training/preemption.py", "if self._ctrl_c > 1:", "if self._ctrl_c > 0:",
+        ("tests/test_resume.py::test_a_stop_notice_saves_and_resume_is_exact",)),
+    Bug("checkpoint", "a checkpoint of another mesh is restored without converting its layout",
+        "deep_image/training/checkpoint.py",
+        "if layout is not None and saved is not None and saved != layout.describe():",
+        "if layout is not None and saved is None:",
+        ("tests/test_device_data.py::test_a_run_with_the_device_cache_resumes_on_another_device"
+         "_count",
+         "tests/test_parallel_training.py::test_resume_on_another_mesh_continues_the_run")),
+    Bug("fine-tuning", "classes compared as sets (a reordered class list keeps the classifier)",
+        "deep_image/training/finetune.py",
+        "or list(pretrained_classes) == list(class_names))",
+        "or sorted(pretrained_classes) == sorted(class_names))",
+        ("tests/test_finetune.py::test_the_same_classes_in_another_order_reinitialize_the"
+         "_classifier",)),
+    Bug("validation holdout", "the rest of a class overlaps its holdout by one example",
+        "deep_image/data/splits.py", "keep.append(order[:k] if split.head else order[k:])",
+        "keep.append(order[:k] if split.head else order[max(k - 1, 0):])",
+        ("tests/test_protocol.py::test_holdout_is_disjoint_stratified_and_fixed",)),
+    Bug("SynthBirds", "class names enumerate the head marking fastest (name i is not label i)",
+        "deep_image/data/synthetic.py",
+        "    combos = itertools.product(*[values for _, values in reversed(attributes[:k])])\n"
+        "    return [\" \".join(reversed(c)) + f\" {bird}\" for c in combos]",
+        "    combos = itertools.product(*[values for _, values in attributes[:k]])\n"
+        "    return [\" \".join(c) + f\" {bird}\" for c in combos]",
+        ("tests/test_synthetic.py::test_class_name_i_names_the_markings_of_label_i",)),
+    Bug("augmentation", "colour cast shifts applied to the channels in reverse (BGR order)",
+        "deep_image/data/augment.py", "image = cv2.add(image, (*map(float, p.color_cast), 0.0))",
+        "image = cv2.add(image, (*map(float, p.color_cast[::-1]), 0.0))",
+        ("tests/test_augment.py::test_colour_cast_adds_its_shift_to_each_channel_and_clips",)),
+    Bug("models", "dropout without the 1 / keep scaling (training activations shrink)",
+        "deep_image/models/vgg.py", "return jax.lax.select(mask, x / keep, jnp.zeros_like(x))",
+        "return jax.lax.select(mask, x, jnp.zeros_like(x))",
+        ("tests/test_models.py::test_dropout_zeroes_a_share_of_rate_and_scales_the_rest_by_one"
+         "_over_keep",)),
+    Bug("schedule", "the plateau rule's cooldown ignored", "deep_image/training/state.py",
+        "cooldown=schedule.cooldown", "cooldown=0",
+        ("tests/test_protocol.py::test_schedule_matches_a_hand_written_reduce_on_plateau",)),
+    Bug("evaluation", "the box crop transposed (x and y swapped)",
+        "deep_image/data/transforms.py", "return image[y0:y1, x0:x1]",
+        "return image[x0:x1, y0:y1]",
+        ("tests/test_evaluation.py::test_bbox_protocol_crops_each_test_image_to_its_box",)),
+    Bug("predict", "predict prints the least likely classes", "deep_image/predict.py",
+        "best = np.argsort(-p)[:k]", "best = np.argsort(p)[:k]",
+        ("tests/test_evaluation.py::test_predict_reports_bad_files_and_predicts_the_rest",)),
 )
 
 

@@ -234,6 +234,27 @@ def test_global_batch_draws_each_epoch_once_and_is_a_pure_function_of_step():
     assert (np.asarray(third["image"])[:, 0, 0, 0] == np.asarray(third["label"])).all()
 
 
+def test_each_step_draws_new_augmentations_for_its_rows():
+    """Pixels that encode their own coordinates show each row's crop offset: row r of step t is
+    augmented from the key (seed, t, r), so a row's crop changes from step to step (one offset
+    for all 12 steps: about 64^-11 by chance) and stays within the 8 x 8 offsets of a 32 crop
+    of a 40 image; the same step again draws the same crops."""
+    n, b, side, crop = 16, 4, 40, 32
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.uint8)
+    image = np.stack([yy, xx, np.zeros_like(yy)], -1)
+    cache = {"images": jnp.asarray(np.broadcast_to(image, (1, n, side, side, 3))),
+             "labels": jnp.arange(n, dtype=jnp.int32)[None]}
+    p = device_cache.Plan(shards=1, axes=(), images=n, scale=side, bytes_per_device=0,
+                          left_per_device=0, crop=crop, batch_size=b, seed=0,
+                          settings=augment.Settings(crop=True, flip=False))
+    batch = jax.jit(lambda step: device_cache.global_batch(cache, step, p)["image"])
+    offsets = np.stack([np.asarray(batch(s))[:, 0, 0, :2] for s in range(12)])   # step, row, yx
+    assert offsets.min() >= 0 and offsets.max() < side - crop
+    for row in range(b):
+        assert len({tuple(o) for o in offsets[:, row]}) > 1, (row, offsets[:, row])
+    np.testing.assert_array_equal(np.asarray(batch(5))[:, 0, 0, :2], offsets[5])
+
+
 # ----------------------------------------------------------------------------- training
 
 def _device_config(**overrides):

@@ -9,10 +9,9 @@ import os
 import cv2
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import build_model, cli, init_params, records, run_train, tiny_config
+from conftest import build_model, cli, init_params, read_state, records, run_train, tiny_config
 from deep_image.data import sources, transforms
 from deep_image.data.errors import DataError
 from deep_image.evaluation import metrics
@@ -201,8 +200,7 @@ def runs(tmp_path_factory):
 
 
 def _params(workdir, step=STEPS):
-    return ocp.StandardCheckpointer().restore(
-        os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
+    return read_state(workdir, step)["params"]
 
 
 def _test_crops(config, split="test"):

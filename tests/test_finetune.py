@@ -98,6 +98,31 @@ def test_other_classes_of_the_same_count_reinitialize_the_classifier(pretrained,
            "classes" in proc.stderr
 
 
+def test_the_same_classes_in_another_order_reinitialize_the_classifier(tmp_path, caplog):
+    """Class k of the pre-trained classifier must be class k here: a checkpoint whose class
+    list names this dataset's 16 classes with two of them swapped is another labelling, so its
+    classifier is re-initialized, as for other classes (in-process: weights written, as
+    tools/import_weights writes them, instead of trained)."""
+    import logging
+
+    from deep_image import models
+    from deep_image.data.synthetic import class_names
+    from deep_image.training.checkpoint import write_weights
+    from conftest import tiny_config
+
+    names = class_names(16)
+    swapped = [names[1], names[0]] + names[2:]
+    config = tiny_config(total_steps=2, eval_every_steps=2, checkpoint_every_steps=2)
+    model = models.build(config.model, 16, config.data.crop)
+    params, stats = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0)))
+    write_weights(str(tmp_path / "pre"), params, stats, swapped)
+    config.init_from = str(tmp_path / "pre")
+    with caplog.at_level(logging.WARNING):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert "re-initializing the classifier fc3/kernel: the pre-trained model has other " \
+           "classes than this dataset" in caplog.text
+
+
 @pytest.mark.parametrize("overrides,message", [
     (("--config.finetune=last",), "needs config.init_from"),
     (("--config.init_from=/no/such/run",), "is not a directory"),

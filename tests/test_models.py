@@ -63,6 +63,19 @@ def test_dropout_only_in_training_and_deterministic_given_key():
     assert not np.allclose(a, c)
 
 
+def test_dropout_zeroes_a_share_of_rate_and_scales_the_rest_by_one_over_keep():
+    """Inverted dropout, by hand: every activation is 0 or x / (1 - rate), about `rate` of them
+    0, so a unit's expected training activation is its test-time one (what lets the test
+    forward pass run without dropout)."""
+    from deep_image.models.vgg import dropout_slice
+    rate = constants.DROPOUT_RATE
+    x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, (64, 128)), jnp.float32)
+    y = np.asarray(dropout_slice(x, jax.random.PRNGKey(0), rate, x.shape, (0, 0)))
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], np.asarray(x)[kept] / (1 - rate), rtol=1e-6)
+    assert abs(kept.mean() - (1 - rate)) < 0.03, kept.mean()    # 8,192 draws: sd 0.0055
+
+
 def test_he_initialization_scale():
     # full width (conv3_1 as the paper's), at a 32-pixel input: FC1 takes 512 features, not
     # 25,088 (the whole net's 138M weights, initialized op by op and asynchronously, cost this

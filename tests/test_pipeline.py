@@ -76,6 +76,21 @@ def test_each_process_reads_its_own_slice_of_every_epoch():
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(24)) and epochs[0] != epochs[1]
 
 
+def test_the_data_order_is_the_seeds():
+    """config.seed draws the shuffle: one seed always gives one order, another seed another
+    order of the same examples (a study's replicates differ in their data order too)."""
+    src = IndexSource(24)
+
+    def epoch(seed):
+        config = tiny_config(seed=seed, data__augment=dict(crop=False, flip=False), batch_size=4)
+        it = iter(pipeline.train_dataset(src, config))
+        return [i for _ in range(6) for i in _ids(next(it))]
+    first, again, other = epoch(0), epoch(0), epoch(1)
+    assert sorted(first) == sorted(other) == list(range(24))
+    assert first == again
+    assert first != other, "seeds 0 and 1 drew one data order"
+
+
 def test_eval_counts_every_example_once_across_processes():
     config = tiny_config(eval_batch_size=6)
     src = IndexSource(10)

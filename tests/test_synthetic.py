@@ -55,6 +55,20 @@ def test_classes_are_named_balanced_and_all_present():
     assert counts.min() > 25 and counts.max() < 80    # uniform labels, 50 expected per class
 
 
+def test_class_name_i_names_the_markings_of_label_i():
+    """The module's contract, by hand: label = wing + 4 head (+ 16 tail), so name i says the
+    markings the bird of label i carries (test_class_is_defined_by_markings_only pins the
+    attributes of a label the same way)."""
+    names = class_names(16)
+    for label in range(16):
+        wing, head = synthetic.WING_MARKS[label % 4], synthetic.HEAD_MARKS[label // 4]
+        assert names[label] == f"{wing} {head} warbler", label
+    assert class_names(16)[6] == "two-barred crested warbler"
+    assert class_names(32)[16 + 4 + 1] == "one-barred crested fork-tailed warbler"
+    assert class_names(4) == [f"{w} warbler" for w in synthetic.WING_MARKS]
+    assert class_names(16, "B")[1] == "scaled masked finch"
+
+
 def test_class_is_defined_by_markings_only():
     # The same index of two specs differing only in num_classes draws the same scene; the
     # attributes that are not class-defining at 4 classes become nuisances.
