@@ -244,6 +244,78 @@ BUGS = (
     Bug("predict", "predict prints the least likely classes", "deep_image/predict.py",
         "best = np.argsort(-p)[:k]", "best = np.argsort(p)[:k]",
         ("tests/test_evaluation.py::test_predict_reports_bad_files_and_predicts_the_rest",)),
+    Bug("seeds summary", "a resumed run's repeated final evaluation: the first record is used, "
+        "not the last", "deep_image/study/seeds.py",
+        'if "eval/top1" in record and (last is None or record["step"] >= last["step"]):',
+        'if "eval/top1" in record and (last is None or record["step"] > last["step"]):',
+        ("tests/test_seeds.py::test_a_repeated_final_evaluation_counts_its_last_record",)),
+    Bug("claims runs", "a fine-tune's config starts from its own workdir, not its pre-trained "
+        "model's", "deep_image/study/runs.py", "c.init_from = run_dir(work, self.init)",
+        "c.init_from = run_dir(work, self.name)",
+        ("tests/test_study.py::test_a_fine_tune_starts_from_its_pre_trained_models_workdir",)),
+    Bug("claims runs", "every pre-trained model whose checkpoint is gone is retrained, also "
+        "when all its fine-tunes are recorded", "deep_image/reproduce.py",
+        "needed = {r.init for r in missing if r.init}", "needed = {r.init for r in runs if r.init}",
+        ("tests/test_study.py::test_a_fresh_checkout_retrains_a_pre_trained_model_only_for"
+         "_missing_fine_tunes",)),
+    Bug("config check", "a capture size below 8 pixels accepted", "deep_image/config.py",
+        "need(d.capture_size == 0 or d.capture_size >= 8,", "need(d.capture_size >= 0,",
+        ("tests/test_protocol.py::test_a_capture_size_below_8_pixels_is_refused",)),
+    Bug("layout", "a leaf of exactly whole_below elements kept whole (<= for <)",
+        "deep_image/parallel/layout.py", "math.prod(shape) // splits < whole_below)",
+        "math.prod(shape) // splits <= whole_below)",
+        ("tests/test_parallel.py::test_leaves_of_fewer_than_whole_below_elements_are_kept"
+         "_whole",)),
+    Bug("SLURM devices", "a task that sees all of the node's GPUs counts as bound to them "
+        "(every task opens every GPU)", "deep_image/parallel/distributed.py",
+        "if on_node and count < on_node:", "if on_node and count <= on_node:",
+        ("tests/test_gpu_launch.py::test_every_task_opens_its_own_gpus_of_the_job",)),
+    Bug("augmentation", "crop offsets drawn from {0..S-C} (one past Table 1's range)",
+        "deep_image/data/augment.py",
+        "offset = (int(rng.integers(max(1, h - crop))), int(rng.integers(max(1, w - crop))))",
+        "offset = (int(rng.integers(max(1, h - crop + 1))), "
+        "int(rng.integers(max(1, w - crop + 1))))",
+        ("tests/test_augment.py::test_draws_stay_in_their_spaces_and_are_deterministic",)),
+    Bug("augmentation", "horizontal stretch squeezes (source x multiplied, not divided)",
+        "deep_image/data/augment.py", "sx, sy = x / (1 + LENS_MAX_STRETCH * t), y",
+        "sx, sy = x * (1 + LENS_MAX_STRETCH * t), y",
+        ("tests/test_augment.py::test_stretches_scale_one_axis_only",)),
+    Bug("resize", "shorter_side swaps the output's width and height",
+        "deep_image/data/transforms.py",
+        "size = (max(scale, round(w * f)), max(scale, round(h * f)))",
+        "size = (max(scale, round(h * f)), max(scale, round(w * f)))",
+        ("tests/test_pipeline.py::test_shorter_side_resize_keeps_the_aspect_ratio",)),
+    Bug("decode", "16-bit images truncated to their low byte (not shifted by 8)",
+        "deep_image/data/decode.py", "image = (image >> 8).astype(np.uint8)",
+        "image = image.astype(np.uint8)",
+        ("tests/test_sources.py::test_16_bit_images_keep_their_high_byte_in_rgb_order",)),
+    Bug("decode", "transparent pixels composited over black, not white",
+        "deep_image/data/decode.py", "* alpha + 255.0 * (1.0 - alpha)",
+        "* alpha + 0.0 * (1.0 - alpha)",
+        ("tests/test_sources.py::test_bad_images_decode_or_are_skipped_and_counted",)),
+    Bug("weight import", "torchvision conv kernels transposed in H and W (OIHW -> WHIO)",
+        "deep_image/tools/import_weights.py",
+        'params[name] = {"kernel": np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0)),',
+        'params[name] = {"kernel": np.ascontiguousarray(np.asarray(w).transpose(3, 2, 1, 0)),',
+        ("tests/test_import_weights.py::test_imported_logits_match_pytorch",)),
+    Bug("metrics writer", "images/s counts every step since 0, not since the last report",
+        "deep_image/training/metrics_writer.py", "return (step - s0) * self._batch",
+        "return step * self._batch",
+        ("tests/test_training.py::test_train_rate_is_the_images_since_the_previous_report_over"
+         "_its_seconds",)),
+    Bug("metrics writer", "on resume the restored step's own records are dropped too",
+        "deep_image/training/metrics_writer.py", 'if json.loads(line).get("step", 0) <= step:',
+        'if json.loads(line).get("step", 0) < step:',
+        ("tests/test_resume.py::test_sigkill_after_checkpoint_resumes_exactly",)),
+    Bug("memory plan", "donated (aliased) bytes added to the peak, not subtracted",
+        "deep_image/training/memory.py", 'out["output_bytes"] - out["alias_bytes"]',
+        'out["output_bytes"] + out["alias_bytes"]',
+        ("tests/test_accumulation_remat_ema.py::test_the_compiled_peak_counts_a_donated"
+         "_argument_once",)),
+    Bug("xla flags", "a user's --flag=value not seen as naming the flag (the default added "
+        "next to it)", "deep_image/xla_flags.py",
+        'named = {f.split("=", 1)[0] for f in flags.split()}', "named = set(flags.split())",
+        ("tests/test_xla_flags.py::test_defaults_are_added_only_where_the_user_set_nothing",)),
 )
 
 
@@ -290,7 +362,7 @@ def run_bug(copy: str, bug: Bug) -> dict:
         with open(path, "w") as f:
             f.write(original)
     out = proc.stdout + proc.stderr
-    failed = re.search(r"^FAILED (\S+)", out, re.M)
+    failed = re.search(r"^FAILED (.+?)(?: - .*)?$", out, re.M)   # ids may hold spaces
     return {**dataclasses.asdict(bug), "caught": proc.returncode == 1 and failed is not None,
             "returncode": proc.returncode, "failing_test": failed[1] if failed else None,
             "failure_line": failure_line(out), "seconds": round(time.time() - t0, 1)}

@@ -149,6 +149,17 @@ def test_remat_keeps_only_block_outputs_for_the_backward_pass(family):
     assert 0 < per_image["blocks"] < per_image["none"] / 3, per_image
 
 
+def test_the_compiled_peak_counts_a_donated_argument_once():
+    """x * s on 1000 float32: kept, the input and the output are both live (2 x 4000 bytes +
+    the 4-byte scalar); donated, the output reuses the input's buffer (4000 + 4)."""
+    x = jax.ShapeDtypeStruct((1000,), jnp.float32)
+    s = jax.ShapeDtypeStruct((), jnp.float32)
+    kept = memory.compiled(jax.jit(lambda a, b: a * b), x, s)
+    donated = memory.compiled(jax.jit(lambda a, b: a * b, donate_argnums=0), x, s)
+    assert kept["peak_bytes"] - kept["temp_bytes"] == 2 * 4000 + 4
+    assert donated["peak_bytes"] - donated["temp_bytes"] == 4000 + 4
+
+
 def test_the_plan_finds_the_largest_micro_batch_that_fits():
     """The search's answer fits and one more row does not (XLA's accounting, monotone in
     rows); nothing fits a budget below one row's step."""

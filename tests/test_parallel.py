@@ -5,6 +5,7 @@ training, also when the steps draw their batches from the device cache; layouts 
 in-process."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -231,6 +232,23 @@ def test_layout_round_trip_and_fc_axis():
     assert not any(lf.flat or lf.split_dim is not None
                    for lf in _plan({"data": 1, "model": 1}).leaf_list())
     assert _plan({"data": 8, "model": 1}, "data").fc_axis is None
+
+
+def test_leaves_of_fewer_than_whole_below_elements_are_kept_whole():
+    """Data parallel on 8 devices: every leaf is owned by all 8; one of fewer than
+    `whole_below` elements stays whole, one of exactly that many or more is kept in parts."""
+    config = tiny_config()
+    model = models.build(config.model, 16, config.data.crop)
+    sizes = {(k, n): math.prod(v.shape) for k, d in model.abstract_params.items()
+             for n, v in d.items()}
+    for threshold in sorted({*sizes.values(), 1}):
+        layout = layout_lib.plan(model.abstract_params, {"data": 8, "model": 1}, "data",
+                                 config.sharding_rules, head_layers=model.head_layers,
+                                 whole_below=threshold)
+        for (k, n), size in sizes.items():
+            lf = layout.leaves[k][n]
+            assert lf.owners == 8 and lf.whole == (size < threshold), (k, n, size, threshold)
+            assert lf.flat == (size >= threshold)
 
 
 @pytest.mark.parametrize("mesh,parallelism,rules,words", [

@@ -302,3 +302,15 @@ def test_no_validation_split_means_no_plateau_decision(tmp_path):
     assert with_val.returncode == 0 and scales == pytest.approx([0.1, 0.01, 0.001, 0.001])
     recorded = paper_benchmarks.recorded_decay_steps(str(tmp_path / "v"))
     assert recorded == ((10, 20, 30), 40)
+
+
+@pytest.mark.parametrize("size,ok", [(0, True), (8, True), (64, True), (1, False), (7, False),
+                                     (-1, False)])
+def test_a_capture_size_below_8_pixels_is_refused(size, ok):
+    """config.data.capture_size: 0 (images as stored) or a side of at least 8 pixels."""
+    config = tiny_config(data__capture_size=size)
+    if ok:
+        config_lib.check(config)
+    else:
+        with pytest.raises(config_lib.ConfigError, match="capture_size"):
+            config_lib.check(config)

@@ -93,3 +93,17 @@ def test_the_command_refuses_with_exit_code_2_and_an_error_line(tmp_path):
     r = cli("deep_image.study.seeds", a, b)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == ""
     assert f"error: the run in {b} is not finished" in r.stderr, r.stderr
+
+
+def test_a_repeated_final_evaluation_counts_its_last_record(tmp_path):
+    """A run whose final step was evaluated twice (a rerun of its train command appends the
+    evaluation again) is summarized by the later record, the one `curve` also keeps."""
+    dirs = [make_run(tmp_path, f"s{s}", s, 0.9) for s in (0, 1)]
+    with open(os.path.join(dirs[0], "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 40, "val/headline": 0.7, "eval/top1": 0.95,
+                            "eval/top5": 0.9, "eval/mean_per_class": 0.94}) + "\n")
+    summary = seeds.summarize(dirs)
+    assert [r["eval/top1"] for r in summary["runs"]] == [0.95, 0.9]
+    assert summary["eval/top1"]["mean"] == pytest.approx(0.925)
+    assert summary["val/headline"]["mean"] == pytest.approx(0.65)      # (0.7 + 0.6) / 2
+    assert seeds.curve(dirs[0]) == ([20, 40], [0.5, 0.7])

@@ -305,6 +305,19 @@ def test_bad_images_decode_or_are_skipped_and_counted(tmp_path, caplog):
                  data__root=str(root), data__eval_split="test", data__val_split="")
 
 
+def test_16_bit_images_keep_their_high_byte_in_rgb_order():
+    """A 16-bit PNG (OpenCV writes BGR) becomes 8-bit RGB by its high byte: value // 256."""
+    bgr = np.empty((4, 5, 3), np.uint16)
+    bgr[...] = (1000, 40000, 65535)
+    ok, data = cv2.imencode(".png", bgr)
+    assert ok
+    image = decode.decode(data.tobytes())
+    assert image.dtype == np.uint8 and image.shape == (4, 5, 3)
+    assert image[2, 3].tolist() == [65535 // 256, 40000 // 256, 1000 // 256] == [255, 156, 3]
+    gray = decode.decode(cv2.imencode(".png", np.full((3, 3), 513, np.uint16))[1].tobytes())
+    assert gray[0, 0].tolist() == [2, 2, 2]
+
+
 def test_missing_dataset_directory_fails_at_start_with_how_to(tmp_path):
     for source, hint in (("aircraft", "fgvc-aircraft-2013b"), ("indoor67", "Indoor"),
                          ("folder", "ROOT/<split>/<class name>")):

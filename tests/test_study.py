@@ -423,6 +423,20 @@ def test_a_fresh_checkout_retrains_a_pre_trained_model_only_for_missing_fine_tun
     assert reproduce.to_do([pre, *fts], work, results) == []
 
 
+def test_a_fine_tune_starts_from_its_pre_trained_models_workdir(tmp_path):
+    """The config a fine-tuning run trains with, and the command the record names, start from
+    WORK/runs/<its init run>; a pre-training run starts from nothing."""
+    work = str(tmp_path / "work")
+    pre = Run("pretrain_p3", "stage=pretrain,seed=3,budget=toy")
+    ft = Run("all6_p3_f1", "stage=finetune,seed=1,budget=toy", "pretrain_p3")
+    assert ft.config(work).init_from == os.path.join(work, "runs", "pretrain_p3")
+    rel = os.path.relpath(work)
+    assert ft.command(work).endswith(
+        f" --config.init_from={os.path.join(rel, 'runs', 'pretrain_p3')}")
+    assert f"--workdir={os.path.join(rel, 'runs', 'all6_p3_f1')} " in ft.command(work)
+    assert not pre.config(work).init_from and "init_from" not in pre.command(work)
+
+
 # ----------------------------------------------------------------------------- report
 
 def test_report_states_each_claims_verdict_interval_and_the_gate(tmp_path):

@@ -69,3 +69,18 @@ def test_the_metrics_writer_does_not_import_torch_and_torch_still_imports(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-1] == "2.0"
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_train_rate_is_the_images_since_the_previous_report_over_its_seconds(monkeypatch):
+    """Images/s at a log point: (steps since the last call) x batch / (seconds since it); the
+    first call counts from the start step (a resumed run's, not 0)."""
+    from deep_image.training import metrics_writer
+    clock = [100.0]
+    monkeypatch.setattr(metrics_writer.time, "perf_counter", lambda: clock[0])
+    w = metrics_writer.MetricsWriter("unused", start_step=10, total_steps=100, batch_size=4,
+                                     progress=False, enabled=False)
+    clock[0] = 102.0
+    assert w.train_rate(15) == pytest.approx((15 - 10) * 4 / 2.0)    # 10 images/s
+    clock[0] = 102.5
+    assert w.train_rate(25) == pytest.approx((25 - 15) * 4 / 0.5)    # 80 images/s
+    w.close()
