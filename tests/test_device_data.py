@@ -214,17 +214,24 @@ def test_a_cache_too_large_for_one_device_is_split_over_all():
     assert p.shards == 4 and p.axes == ("data",) and p.rows_per_shard == 4
 
 
+def _replicated_batches(images, batch_size, crop, settings):
+    """step -> the global batch a one-shard (replicated) cache of `images` (labels 0..n-1)
+    draws, jitted."""
+    n, scale = images.shape[:2]
+    cache = {"images": jnp.asarray(images[None]), "labels": jnp.arange(n, dtype=jnp.int32)[None]}
+    p = device_cache.Plan(shards=1, axes=(), images=n, scale=scale, bytes_per_device=0,
+                          left_per_device=0, crop=crop, batch_size=batch_size, seed=0,
+                          settings=settings)
+    return jax.jit(lambda step: device_cache.global_batch(cache, step, p))
+
+
 def test_global_batch_draws_each_epoch_once_and_is_a_pure_function_of_step():
     """Replicated cache of 20 labelled images, batches of 8: the first 5 steps' 40 rows are two
     epochs, each a permutation of the 20; step 3 again is step 3; the crop is the image's."""
     n, b = 20, 8
     images = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None], 40, 1)
     images = np.broadcast_to(images[:, :, :40], (n, 40, 40, 3)).copy()
-    cache = {"images": jnp.asarray(images[None]), "labels": jnp.arange(n, dtype=jnp.int32)[None]}
-    p = device_cache.Plan(shards=1, axes=(), images=n, scale=40, bytes_per_device=0,
-                          left_per_device=0, crop=32, batch_size=b, seed=0,
-                          settings=augment.Settings())
-    batch = jax.jit(lambda step: device_cache.global_batch(cache, step, p))
+    batch = _replicated_batches(images, b, 32, augment.Settings())
     labels = np.concatenate([np.asarray(batch(s)["label"]) for s in range(5)])
     assert sorted(labels[:20]) == sorted(labels[20:]) == list(range(n))
     assert not np.array_equal(labels[:20], labels[20:])          # a new order each epoch
@@ -242,17 +249,14 @@ def test_each_step_draws_new_augmentations_for_its_rows():
     n, b, side, crop = 16, 4, 40, 32
     yy, xx = np.mgrid[0:side, 0:side].astype(np.uint8)
     image = np.stack([yy, xx, np.zeros_like(yy)], -1)
-    cache = {"images": jnp.asarray(np.broadcast_to(image, (1, n, side, side, 3))),
-             "labels": jnp.arange(n, dtype=jnp.int32)[None]}
-    p = device_cache.Plan(shards=1, axes=(), images=n, scale=side, bytes_per_device=0,
-                          left_per_device=0, crop=crop, batch_size=b, seed=0,
-                          settings=augment.Settings(crop=True, flip=False))
-    batch = jax.jit(lambda step: device_cache.global_batch(cache, step, p)["image"])
-    offsets = np.stack([np.asarray(batch(s))[:, 0, 0, :2] for s in range(12)])   # step, row, yx
+    batch = _replicated_batches(np.broadcast_to(image, (n, side, side, 3)), b, crop,
+                                augment.Settings(crop=True, flip=False))
+    # [step, row, (y, x)]
+    offsets = np.stack([np.asarray(batch(s)["image"])[:, 0, 0, :2] for s in range(12)])
     assert offsets.min() >= 0 and offsets.max() < side - crop
     for row in range(b):
         assert len({tuple(o) for o in offsets[:, row]}) > 1, (row, offsets[:, row])
-    np.testing.assert_array_equal(np.asarray(batch(5))[:, 0, 0, :2], offsets[5])
+    np.testing.assert_array_equal(np.asarray(batch(5)["image"])[:, 0, 0, :2], offsets[5])
 
 
 # ----------------------------------------------------------------------------- training

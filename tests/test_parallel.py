@@ -215,7 +215,7 @@ def _plan(mesh, parallelism="model_data", rules=None, **overrides):
     model = models.build(config.model, 16, config.data.crop)
     return layout_lib.plan(model.abstract_params, mesh, parallelism,
                            config.sharding_rules if rules is None else rules,
-                           head_layers=model.head_layers)
+                           head_layers=model.head_layers, whole_below=config.whole_below)
 
 
 def test_layout_round_trip_and_fc_axis():
@@ -242,9 +242,7 @@ def test_leaves_of_fewer_than_whole_below_elements_are_kept_whole():
     sizes = {(k, n): math.prod(v.shape) for k, d in model.abstract_params.items()
              for n, v in d.items()}
     for threshold in sorted({*sizes.values(), 1}):
-        layout = layout_lib.plan(model.abstract_params, {"data": 8, "model": 1}, "data",
-                                 config.sharding_rules, head_layers=model.head_layers,
-                                 whole_below=threshold)
+        layout = _plan({"data": 8, "model": 1}, "data", whole_below=threshold)
         for (k, n), size in sizes.items():
             lf = layout.leaves[k][n]
             assert lf.owners == 8 and lf.whole == (size < threshold), (k, n, size, threshold)
